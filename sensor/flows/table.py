@@ -1,0 +1,330 @@
+"""The bounded bidirectional flow table.
+
+Every IP packet lands in a flow keyed by (proto, endpoints); the first packet's sender is the
+client unless a SYN/SYN-ACK says otherwise. TCP flows keep one ``TcpStream`` per direction and,
+once the payload is recognised by content (``sensor.protocols.dispatch``), one analyzer. Flows
+end on RST, after both FINs (with a short linger so the last ACK does not start a ghost flow), on
+idle timeout, on eviction when the table is full, or at the end of input; each end emits one
+``FlowRecord`` and closes the analyzer. Every eviction is counted.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+from sensor.decode.l2l4 import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, P_ACK,
+                                P_DPORT, P_DST, P_FLAGS, P_FRAME, P_IPLEN, P_MACOFF, P_MISSING,
+                                P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC, P_TS, P_VLAN)
+from sensor.events import Counters, Endpoint, Event, FlowRecord
+from sensor.flows.stream import TcpStream
+from sensor.protocols import dispatch
+from sensor.protocols.base import FlowContext
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_FLAG_LETTERS = ((SYN, "S"), (ACK, "A"), (FIN, "F"), (PSH, "P"), (RST, "R"), (URG, "U"))
+
+# A flow that is not recognised within this many payload segments (per flow) stops being probed.
+MAX_PROBE_SEGMENTS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    tcp_idle: float = 300.0  # DICOM associations idle for minutes between studies are normal
+    udp_idle: float = 60.0
+    closed_linger: float = 2.0
+    max_flows: int = 262_144
+    sweep_every: float = 5.0  # seconds of capture time between idle sweeps
+    max_hold_bytes: int = 512 * 1024
+    max_hold_segments: int = 256
+
+
+def _ip_str(addr) -> str:
+    if isinstance(addr, int):
+        return socket.inet_ntoa(addr.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, addr)
+
+
+def _mac_str(frame, off: int) -> str | None:
+    if off < 0:
+        return None
+    return bytes(frame[off:off + 6]).hex(":")
+
+
+class Flow:
+    """Mutable per-flow state; becomes a frozen FlowRecord when it ends."""
+
+    __slots__ = ("key", "proto", "client", "server", "ts_start", "ts_last", "packets", "bytes",
+                 "payload", "flags", "syn", "synack", "handshake", "rst", "fins", "closed_at",
+                 "streams", "app", "analyzer", "probe_buf", "probe_segments", "ctx", "vlan",
+                 "mid_stream", "c_mac", "s_mac")
+
+    def __init__(self, key, proto: int, ts: float) -> None:
+        self.key = key
+        self.proto = proto
+        self.ts_start = ts
+        self.ts_last = ts
+        self.packets = [0, 0]
+        self.bytes = [0, 0]
+        self.payload = [0, 0]
+        self.flags = 0
+        self.syn = self.synack = self.handshake = self.rst = False
+        self.fins = 0
+        self.closed_at: float | None = None
+        self.streams: list[TcpStream] | None = None
+        self.app: str | None = None
+        self.analyzer = None
+        self.probe_buf: list | None = None
+        self.probe_segments = 0
+        self.ctx: FlowContext | None = None
+        self.vlan = 0
+        self.mid_stream = False
+
+
+class FlowTable:
+    """Feed it decoded packet tuples; it emits FlowRecords and drives the analyzers."""
+
+    def __init__(self, emit: Callable[[Event], None], counters: Counters,
+                 config: FlowConfig = FlowConfig()) -> None:
+        self.emit = emit
+        self.counters = counters
+        self.config = config
+        self.flows: dict[tuple, Flow] = {}
+        self.now = 0.0
+        self._next_sweep = 0.0
+
+    # -- the per-batch hot loop ----------------------------------------------------------------
+    def process(self, packets: list[tuple]) -> None:
+        flows = self.flows
+        for p in packets:
+            proto = p[P_PROTO]
+            src, sport, dst, dport = p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT]
+            key = (proto, src, sport, dst, dport)
+            flow = flows.get(key)
+            if flow is not None:
+                to_server = True
+            else:
+                flow = flows.get((proto, dst, dport, src, sport))
+                if flow is None:
+                    flow = self._new_flow(p, key)
+                    to_server = True
+                else:
+                    to_server = False
+            if flow.closed_at is not None and p[P_FLAGS] & SYN and not p[P_FLAGS] & ACK:
+                # Port reuse: a fresh SYN on a closed flow starts a new connection.
+                self._end(flow, flow.ts_last, "rst" if flow.rst else "fin")
+                flow = self._new_flow(p, key)
+                to_server = True
+            ts = p[P_TS]
+            d = 0 if to_server else 1
+            flow.ts_last = ts
+            flow.packets[d] += 1
+            flow.bytes[d] += p[P_IPLEN]
+            payload = p[P_PAYLOAD]
+            if proto == IPPROTO_TCP:
+                self._tcp(flow, p, d, ts, payload)
+            elif payload is not None:
+                flow.payload[d] += len(payload)
+            if ts >= self._next_sweep:
+                self.now = ts
+                self._sweep(ts)
+        if packets:
+            self.now = max(self.now, packets[-1][P_TS])
+
+    def _new_flow(self, p: tuple, key: tuple) -> Flow:
+        flows = self.flows
+        if len(flows) >= self.config.max_flows:
+            # Evict the oldest-created flow: O(1) with dict order, and counted.
+            oldest = next(iter(flows.values()))
+            self.counters.add("flows.evicted")
+            self._end(oldest, oldest.ts_last, "evicted")
+        flags = p[P_FLAGS]
+        proto = p[P_PROTO]
+        if proto == IPPROTO_TCP and flags & SYN and flags & ACK:
+            # First packet seen is a SYN-ACK: its sender is the server.
+            key = (proto, p[P_DST], p[P_DPORT], p[P_SRC], p[P_SPORT])
+            flow = Flow(key, proto, p[P_TS])
+            flow.c_mac = _mac_str(p[P_FRAME], p[P_MACOFF])
+            flow.s_mac = _mac_str(p[P_FRAME], p[P_MACOFF] + 6) if p[P_MACOFF] >= 0 else None
+            flow.c_mac, flow.s_mac = flow.s_mac, flow.c_mac
+        else:
+            flow = Flow(key, proto, p[P_TS])
+            # Ethernet: destination MAC first, then source.
+            off = p[P_MACOFF]
+            flow.c_mac = _mac_str(p[P_FRAME], off + 6) if off >= 0 else None
+            flow.s_mac = _mac_str(p[P_FRAME], off) if off >= 0 else None
+        flow.vlan = p[P_VLAN]
+        if proto == IPPROTO_TCP:
+            flow.mid_stream = not (flags & SYN)
+        flows[flow.key] = flow
+        self.counters.add("flows.created")
+        return flow
+
+    def _tcp(self, flow: Flow, p: tuple, d: int, ts: float, payload) -> None:
+        flags = p[P_FLAGS]
+        flow.flags |= flags
+        if flags & (SYN | FIN | RST):
+            if flags & SYN:
+                if flags & ACK:
+                    flow.synack = True
+                else:
+                    flow.syn = True
+                if flow.streams is None:
+                    flow.streams = self._make_streams(flow)
+                flow.streams[d].syn(p[P_SEQ])
+            if flags & RST:
+                # Linger instead of ending now, so a repeated RST does not start a ghost flow.
+                flow.rst = True
+                if flow.closed_at is None:
+                    flow.closed_at = ts
+            if flags & FIN:
+                flow.fins |= 1 << d
+                if flow.fins == 3 and flow.closed_at is None:
+                    flow.closed_at = ts
+        elif not flow.handshake and flow.syn and flow.synack and flags & ACK and d == 0:
+            flow.handshake = True
+        if payload is not None:
+            n = len(payload)
+            flow.payload[d] += n + p[P_MISSING]
+            if flow.app is not False:
+                if flow.streams is None:
+                    flow.streams = self._make_streams(flow)
+                flow.streams[d].segment(ts, p[P_SEQ], payload, p[P_MISSING])
+
+    def _make_streams(self, flow: Flow) -> list[TcpStream]:
+        c = self.config
+        return [
+            TcpStream(lambda ts, data: self._data(flow, True, ts, data),
+                      lambda ts, n: self._gap(flow, True, ts, n), c.max_hold_bytes, c.max_hold_segments),
+            TcpStream(lambda ts, data: self._data(flow, False, ts, data),
+                      lambda ts, n: self._gap(flow, False, ts, n), c.max_hold_bytes, c.max_hold_segments),
+        ]
+
+    # -- analyzer attachment -------------------------------------------------------------------
+    def _data(self, flow: Flow, from_client: bool, ts: float, data) -> None:
+        analyzer = flow.analyzer
+        if analyzer is not None:
+            analyzer.data(from_client, ts, data)
+            return
+        if flow.app is False:
+            return
+        # Not yet recognised: keep a small copy of the first bytes of each direction and probe.
+        if flow.probe_buf is None:
+            flow.probe_buf = [bytearray(), bytearray(), []]
+        buf = flow.probe_buf[0 if from_client else 1]
+        flow.probe_buf[2].append((from_client, ts, bytes(data)))
+        if len(buf) < dispatch.PROBE_LIMIT:
+            buf += data[:dispatch.PROBE_LIMIT - len(buf)]
+        flow.probe_segments += 1
+        verdict = dispatch.recognise(bytes(buf), from_client)
+        if verdict is None:
+            return
+        if verdict is False:
+            if flow.mid_stream and flow.probe_segments < MAX_PROBE_SEGMENTS:
+                # Mid-stream capture: PDUs usually start on segment boundaries; try the next one.
+                flow.probe_buf = None
+                return
+            other = flow.probe_buf[1 if from_client else 0]
+            if not other or dispatch.recognise(bytes(other), not from_client) is False:
+                flow.app = False
+                flow.probe_buf = None
+            return
+        app, factory = verdict
+        self._attach(flow, app, factory, from_client)
+
+    def _attach(self, flow: Flow, app: str, factory, from_client: bool) -> None:
+        client, server = self._endpoints(flow)
+        flow.ctx = FlowContext(client, server, self.emit, self.counters, mid_stream=flow.mid_stream)
+        flow.app = app
+        self.counters.add(f"flows.app.{app}")
+        try:
+            flow.analyzer = factory(flow.ctx)
+        except Exception:  # an analyzer constructor must not take the sensor down
+            self.counters.add(f"analyzer.{app}.init_error")
+            flow.app = False
+            return
+        pending = flow.probe_buf[2] if flow.probe_buf else []
+        flow.probe_buf = None
+        if flow.mid_stream:
+            # Replay only from the segment that matched; earlier bytes were mid-PDU.
+            pending = pending[-1:]
+        for fc, ts, data in pending:
+            flow.analyzer.data(fc, ts, memoryview(data))
+
+    def _gap(self, flow: Flow, from_client: bool, ts: float, length: int) -> None:
+        self.counters.add("tcp.gap_bytes", length)
+        if flow.analyzer is not None:
+            flow.analyzer.gap(from_client, ts, length)
+
+    def _endpoints(self, flow: Flow) -> tuple[Endpoint, Endpoint]:
+        _, cip, cport, sip, sport = flow.key
+        return (Endpoint(_ip_str(cip), cport, flow.c_mac), Endpoint(_ip_str(sip), sport, flow.s_mac))
+
+    # -- ending flows ---------------------------------------------------------------------------
+    def _sweep(self, now: float) -> None:
+        c = self.config
+        self._next_sweep = now + c.sweep_every
+        expired = []
+        for flow in self.flows.values():
+            if flow.closed_at is not None:
+                if now - flow.ts_last >= c.closed_linger:
+                    expired.append((flow, "rst" if flow.rst else "fin"))
+            elif now - flow.ts_last >= (c.tcp_idle if flow.proto == IPPROTO_TCP else c.udp_idle):
+                expired.append((flow, "timeout"))
+        for flow, reason in expired:
+            self._end(flow, flow.ts_last, reason)
+
+    def advance(self, now: float) -> None:
+        """Let the clock move without packets (live capture on a quiet link)."""
+        if now > self.now:
+            self.now = now
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def finish(self) -> None:
+        for flow in list(self.flows.values()):
+            reason = ("rst" if flow.rst else "fin") if flow.closed_at is not None else "eof"
+            self._end(flow, flow.ts_last, reason)
+
+    def _end(self, flow: Flow, ts: float, reason: str) -> None:
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        if flow.streams is not None:
+            for stream in flow.streams:
+                stream.flush(ts)
+                if stream.retransmitted:
+                    self.counters.add("tcp.retransmitted", stream.retransmitted)
+        if flow.analyzer is not None:
+            try:
+                flow.analyzer.close(ts, reason)
+            except Exception:
+                self.counters.add(f"analyzer.{flow.app}.close_error")
+        client, server = self._endpoints(flow)
+        self.emit(FlowRecord(
+            ts_start=flow.ts_start, ts_end=flow.ts_last, proto=_proto_name(flow.proto),
+            client=client, server=server, packets=tuple(flow.packets), bytes=tuple(flow.bytes),
+            payload_bytes=tuple(flow.payload),
+            tcp_state=_tcp_state(flow) if flow.proto == IPPROTO_TCP else None,
+            tcp_flags="".join(ch for bit, ch in _FLAG_LETTERS if flow.flags & bit),
+            handshake=flow.handshake, rst=flow.rst, app=flow.app or None, close_reason=reason,
+            vlan=(flow.vlan,) if flow.vlan else (),
+        ))
+        self.counters.add("flows.ended")
+
+
+def _proto_name(proto: int) -> str:
+    return {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
+            IPPROTO_ICMPV6: "ipv6-icmp"}.get(proto, f"other:{proto}")
+
+
+def _tcp_state(flow: Flow) -> str:
+    if flow.handshake or (flow.synack and (flow.payload[0] or flow.payload[1])):
+        return "reset" if flow.rst and flow.fins != 3 else "established"
+    if flow.syn and flow.rst and not flow.synack:
+        return "rejected"
+    if flow.syn and not flow.synack:
+        return "no_answer"
+    if flow.rst:
+        return "reset"
+    return "open"
