@@ -98,6 +98,9 @@ class FlowTable:
     def process(self, packets: list[tuple]) -> None:
         flows = self.flows
         for p in packets:
+            if p[P_TS] >= self._next_sweep:
+                self.now = p[P_TS]
+                self._sweep(p[P_TS])
             proto = p[P_PROTO]
             src, sport, dst, dport = p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT]
             key = (proto, src, sport, dst, dport)
@@ -108,7 +111,7 @@ class FlowTable:
                 flow = flows.get((proto, dst, dport, src, sport))
                 if flow is None:
                     flow = self._new_flow(p, key)
-                    to_server = True
+                    to_server = flow.key == key
                 else:
                     to_server = False
             if flow.closed_at is not None and p[P_FLAGS] & SYN and not p[P_FLAGS] & ACK:
@@ -126,9 +129,6 @@ class FlowTable:
                 self._tcp(flow, p, d, ts, payload)
             elif payload is not None:
                 flow.payload[d] += len(payload)
-            if ts >= self._next_sweep:
-                self.now = ts
-                self._sweep(ts)
         if packets:
             self.now = max(self.now, packets[-1][P_TS])
 
@@ -147,7 +147,6 @@ class FlowTable:
             flow = Flow(key, proto, p[P_TS])
             flow.c_mac = _mac_str(p[P_FRAME], p[P_MACOFF])
             flow.s_mac = _mac_str(p[P_FRAME], p[P_MACOFF] + 6) if p[P_MACOFF] >= 0 else None
-            flow.c_mac, flow.s_mac = flow.s_mac, flow.c_mac
         else:
             flow = Flow(key, proto, p[P_TS])
             # Ethernet: destination MAC first, then source.

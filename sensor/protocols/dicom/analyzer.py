@@ -1,0 +1,736 @@
+"""DICOM upper layer + DIMSE stream analyzer: bytes → PDUs → command sets → events.
+
+Per TCP direction a small state machine walks PDU headers and, inside P-DATA-TF, PDV headers.
+Python runs once per PDU/PDV header and once per chunk, never per byte. Command fragments are
+accumulated (they are small) and decoded when the last fragment arrives; data-set fragments are
+skipped by length, except C-FIND/C-MOVE/C-GET request identifiers, which are copied (bounded) to
+read the query level and which keys are wildcards. Malformed input is counted through
+``ctx.weird("dicom.<reason>")`` and the direction resynchronises on the next plausible PDU header.
+
+Example::
+
+    >>> looks_like_dicom(b"\\x05\\x00\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00", True)
+    True
+    >>> looks_like_dicom(b"GET / HTTP/1.1\\r\\n", True)
+    False
+"""
+
+from __future__ import annotations
+
+from sensor.events import DicomAssociation, DimseMessage, PresentationContext
+from sensor.protocols.base import FlowContext
+from sensor.protocols.dicom import pdu as P
+from sensor.protocols.dicom.association import AssociateInfo, parse_abort, parse_associate, parse_reject
+from sensor.protocols.dicom.dimse import IDENTIFIER_COMMANDS, MAX_COMMAND_LEN, PENDING, Command, parse_command
+from sensor.protocols.dicom.identifiers import MAX_IDENTIFIER_LEN, is_explicit, scan_identifier
+
+PDU_HEADER_UNPACK = P.PDU_HEADER.unpack_from
+PDV_HEADER_UNPACK = P.PDV_HEADER.unpack_from
+PDU_NAMES = P.PDU_NAMES
+P_DATA_TF = P.P_DATA_TF
+
+# Largest non-P-DATA PDU body we copy; bigger ones are counted and skipped.
+MAX_BODY = 1 << 17
+# Outstanding requests per association; beyond this the oldest is emitted unanswered.
+MAX_PENDING = 4096
+
+# Direction states
+S_HDR, S_BODY, S_SKIP, S_PDV_HDR, S_PDV_CMD, S_PDV_DATA, S_RESYNC = range(7)
+
+
+def looks_like_dicom(first: bytes, from_client: bool) -> bool | None:
+    """Does a direction's first payload start with a DICOM PDU? None = need more bytes.
+
+    Accepts A-ASSOCIATE-RQ (and -AC/-RJ) headers, or for captures that start mid-association a
+    P-DATA-TF whose first PDV header checks out, or an A-RELEASE/A-ABORT of exact length.
+
+    >>> looks_like_dicom(b"\\x04\\x00\\x00\\x00\\x00\\x0c\\x00\\x00\\x00\\x08\\x01\\x03", False)
+    True
+    >>> looks_like_dicom(b"\\x16\\x03\\x01\\x02\\x00\\x01", True)
+    False
+    """
+    try:
+        n = len(first)
+        if n == 0:
+            return None
+        t = first[0]
+        if t not in PDU_NAMES or (n > 1 and first[1] != 0):
+            return False
+        if n < P.PDU_HEADER_LEN:
+            return None
+        _, r, length = PDU_HEADER_UNPACK(first, 0)
+        if t in (P.A_ASSOCIATE_RQ, P.A_ASSOCIATE_AC):
+            if not P.ASSOC_FIXED_LEN <= length <= P.MAX_ASSOC_LEN:
+                return False
+        elif t == P_DATA_TF:
+            if not P.MIN_PDATA_LEN <= length <= P.MAX_PDATA_LEN:
+                return False
+        elif length != 4:
+            return False
+        verdict = P.check_candidate(first, 0)
+        if verdict == P.NEED_MORE:
+            # A P-DATA candidate whose 2nd PDV header is far away: the first header decided it.
+            if t == P_DATA_TF and n >= 12:
+                return True
+            return None
+        return verdict == P.FOUND
+    except Exception:  # noqa: BLE001 - never let a probe raise into the flow layer
+        return False
+
+
+class _Msg:
+    """An outstanding DIMSE request, completed by its final response."""
+
+    __slots__ = (
+        "command",
+        "ds",
+        "message_id",
+        "move_destination",
+        "pending",
+        "priority",
+        "query_level",
+        "requested_by",
+        "rsp_ds",
+        "sop_class",
+        "status",
+        "sub_ops",
+        "ts",
+        "ts_response",
+        "wildcard_keys",
+    )
+
+    def __init__(self, ts: float, cmd: Command, requested_by: str) -> None:
+        self.ts = ts
+        self.ts_response: float | None = None
+        self.command = cmd.name
+        self.requested_by = requested_by
+        self.sop_class = cmd.sop_class
+        self.message_id = cmd.message_id
+        self.priority = cmd.priority
+        self.move_destination = cmd.move_destination
+        self.status: str | None = None
+        self.pending = 0
+        self.ds = 0
+        self.rsp_ds = 0
+        self.query_level: str | None = None
+        self.wildcard_keys: tuple[str, ...] = ()
+        self.sub_ops: tuple[int, int, int, int] | None = None
+
+
+class _Assoc:
+    """Everything known about the current association; becomes a DicomAssociation at its end."""
+
+    __slots__ = (
+        "abort",
+        "ac",
+        "bytes",
+        "ctx_ts",
+        "dataset_bytes",
+        "decode_errors",
+        "dimse",
+        "mid_stream",
+        "move_destinations",
+        "pdu_counts",
+        "pdv_fragments",
+        "pending",
+        "query_levels",
+        "reject",
+        "released",
+        "req_from_client",
+        "rq",
+        "sop_classes",
+        "statuses",
+        "ts_end",
+        "ts_start",
+        "wildcard_keys",
+    )
+
+    def __init__(self, ts: float, req_from_client: bool, mid_stream: bool, errors: int) -> None:
+        self.ts_start = ts
+        self.ts_end = ts
+        self.req_from_client = req_from_client
+        self.rq: AssociateInfo | None = None
+        self.ac: AssociateInfo | None = None
+        self.reject: dict | None = None
+        self.abort: dict | None = None
+        self.released = False
+        self.mid_stream = mid_stream
+        self.pdu_counts: dict[str, int] = {}
+        self.dimse: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+        self.sop_classes: dict[str, int] = {}
+        self.move_destinations: dict[str, int] = {}
+        self.query_levels: dict[str, int] = {}
+        self.wildcard_keys: dict[str, int] = {}
+        self.bytes = [0, 0]  # [sent by requestor, sent by acceptor]
+        self.dataset_bytes = 0
+        self.pdv_fragments = 0
+        self.decode_errors = errors
+        self.pending: dict[tuple[bool, int | None], _Msg] = {}
+        self.ctx_ts: dict[int, str] = {}  # context id → accepted transfer syntax
+
+
+class _Dir:
+    """Decoder state of one TCP direction."""
+
+    __slots__ = (
+        "body",
+        "cmd",
+        "cmd_over",
+        "from_client",
+        "hbuf",
+        "ident",
+        "msg",
+        "msg_final",
+        "msg_rsp",
+        "pdu_type",
+        "pdv_cmd",
+        "pdv_ctx",
+        "pdv_last",
+        "pdv_left",
+        "quiet",
+        "rbuf",
+        "remaining",
+        "skipped",
+        "state",
+    )
+
+    def __init__(self, from_client: bool, mid_stream: bool) -> None:
+        self.from_client = from_client
+        self.hbuf = bytearray()  # partial 6-byte PDU/PDV header split across chunks
+        self.pdu_type = 0
+        self.remaining = 0  # bytes left in the current PDU body
+        self.body: bytearray | None = None
+        self.pdv_left = 0  # bytes left in the current PDV's data
+        self.pdv_ctx = 0
+        self.pdv_last = False
+        self.pdv_cmd = False
+        self.cmd: bytearray | None = None  # command fragments so far
+        self.cmd_over = False
+        self.ident: bytearray | None = None  # identifier being captured
+        self.msg: _Msg | None = None  # message the following data set belongs to
+        self.msg_rsp = False  # ... as a response data set
+        self.msg_final = False  # ... and it is the final response: emit when the data set ends
+        # Mid-stream: the first byte need not be a PDU boundary; find one quietly.
+        self.state = S_RESYNC if mid_stream else S_HDR
+        self.rbuf = bytearray()
+        self.quiet = mid_stream
+        self.skipped = 0
+
+
+def _inc(d: dict, key: str, n: int = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+class DicomAnalyzer:
+    """Stream analyzer for DICOM upper layer (PS3.8) and DIMSE (PS3.7). See sensor.protocols.base."""
+
+    app = "dicom"
+
+    def __init__(self, ctx: FlowContext) -> None:
+        self.ctx = ctx
+        self._dirs = (_Dir(False, ctx.mid_stream), _Dir(True, ctx.mid_stream))
+        self._assoc: _Assoc | None = None
+        self._ended_any = False
+        self._orphan_errors = 0
+
+    # ---- public contract -----------------------------------------------------------------
+
+    def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
+        d = self._dirs[from_client]
+        try:
+            self._feed(d, ts, chunk)
+        except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
+            self._weird(ts, "internal")
+            self._abandon(d, ts)
+
+    def gap(self, from_client: bool, ts: float, length: int) -> None:
+        d = self._dirs[from_client]
+        try:
+            self._weird(ts, "gap", "%d" % length)
+            if d.state == S_PDV_DATA and length < d.pdv_left:
+                # The gap lies inside a data-set fragment: skip it by arithmetic, no resync needed.
+                d.pdv_left -= length
+                self._count_dataset(d, length)
+                if d.ident is not None:
+                    d.ident = None
+                    self._weird(ts, "identifier_gap")
+            elif d.state == S_SKIP and length < d.remaining:
+                d.remaining -= length
+            else:
+                self._abandon(d, ts)
+        except Exception:  # noqa: BLE001 - never raise (base.py contract)
+            self._weird(ts, "internal")
+            self._abandon(d, ts)
+
+    def close(self, ts: float, reason: str) -> None:
+        try:
+            for d in self._dirs:
+                self._flush_dir_msg(d)
+            if self._assoc is not None:
+                self._end(ts, None)
+        except Exception:  # noqa: BLE001 - never raise (base.py contract)
+            self._weird(ts, "internal")
+            self._assoc = None
+
+    # ---- byte stream -----------------------------------------------------------------------
+
+    def _feed(self, d: _Dir, ts: float, mv: memoryview) -> None:
+        pos, n = 0, len(mv)
+        while pos < n:
+            st = d.state
+            if st == S_PDV_DATA:
+                take = min(d.pdv_left, n - pos)
+                if d.ident is not None:
+                    if len(d.ident) + take <= MAX_IDENTIFIER_LEN:
+                        d.ident += mv[pos : pos + take]
+                    else:
+                        d.ident = None
+                        self._weird(ts, "oversize_identifier")
+                pos += take
+                d.pdv_left -= take
+                self._count_dataset(d, take)
+                if d.pdv_left == 0:
+                    self._pdv_end(d, ts)
+            elif st == S_HDR or st == S_PDV_HDR:
+                hb = d.hbuf
+                if not hb and n - pos >= 6:
+                    src, at = mv, pos
+                    pos += 6
+                else:
+                    take = min(6 - len(hb), n - pos)
+                    hb += mv[pos : pos + take]
+                    pos += take
+                    if len(hb) < 6:
+                        return
+                    src, at = hb, 0
+                if st == S_HDR:
+                    t, r, length = PDU_HEADER_UNPACK(src, at)
+                    bad = P.header_error(t, r, length)
+                else:
+                    length, t, r = PDV_HEADER_UNPACK(src, at)  # here t = context id, r = control
+                    bad = None if 2 <= length <= d.remaining - 4 else "bad_pdv_length"
+                if bad is not None:
+                    d.rbuf = bytearray(src[at + 1 : at + 6])
+                    hb.clear()
+                    self._weird(ts, bad, "%d %d" % (t, length))
+                    self._abandon(d, ts, keep_rbuf=True)
+                    continue
+                hb.clear()
+                if st == S_HDR:
+                    self._pdu_header(d, ts, t, length)
+                else:
+                    self._pdv_header(d, ts, length, t, r)
+            elif st == S_BODY:
+                body = d.body
+                take = min(d.remaining, n - pos)
+                body += mv[pos : pos + take]  # type: ignore[operator]
+                pos += take
+                d.remaining -= take
+                if d.remaining == 0:
+                    d.state = S_HDR
+                    d.body = None
+                    self._pdu_body(d, ts, bytes(body))  # type: ignore[arg-type]
+            elif st == S_PDV_CMD:
+                take = min(d.pdv_left, n - pos)
+                if not d.cmd_over:
+                    if len(d.cmd) + take <= MAX_COMMAND_LEN:  # type: ignore[arg-type]
+                        d.cmd += mv[pos : pos + take]  # type: ignore[operator]
+                    else:
+                        d.cmd_over = True
+                        self._weird(ts, "oversize_command")
+                pos += take
+                d.pdv_left -= take
+                if d.pdv_left == 0:
+                    self._pdv_end(d, ts)
+            elif st == S_SKIP:
+                take = min(d.remaining, n - pos)
+                pos += take
+                d.remaining -= take
+                if d.remaining == 0:
+                    d.state = S_HDR
+            else:  # S_RESYNC
+                rb = d.rbuf
+                rb += mv[pos:]
+                pos = n
+                verdict, i = P.scan_for_pdu(rb)
+                if verdict == P.FOUND:
+                    skipped = d.skipped + i
+                    if not (d.quiet and skipped == 0):
+                        self._weird(ts, "resync", "%d" % skipped)
+                    d.quiet = False
+                    d.skipped = 0
+                    d.state = S_HDR
+                    d.rbuf = bytearray()
+                    # Continue the loop on the buffered bytes from the header on.
+                    mv = memoryview(bytes(rb[i:]))
+                    pos, n = 0, len(mv)
+                else:
+                    d.skipped += i
+                    del rb[:i]
+
+    def _pdu_header(self, d: _Dir, ts: float, t: int, length: int) -> None:
+        a = self._assoc
+        if a is None:
+            if t != P.A_ASSOCIATE_RQ and self._ended_any:
+                self._weird(ts, "pdu_after_end", "%d" % t)
+                d.state, d.remaining = S_SKIP, length
+                return
+            a = self._start(ts, d.from_client, t != P.A_ASSOCIATE_RQ)
+        elif t == P.A_ASSOCIATE_RQ:
+            self._weird(ts, "associate_in_association")
+            self._end(ts, None)
+            a = self._start(ts, d.from_client, False)
+        _inc(a.pdu_counts, PDU_NAMES[t])
+        a.bytes[d.from_client != a.req_from_client] += 6 + length
+        d.pdu_type = t
+        d.remaining = length
+        if t == P_DATA_TF:
+            d.state = S_PDV_HDR
+        elif length <= MAX_BODY:
+            d.state = S_BODY
+            d.body = bytearray()
+        else:
+            self._weird(ts, "oversize_pdu", "%d %d" % (t, length))
+            d.state = S_SKIP
+
+    def _pdv_header(self, d: _Dir, ts: float, length: int, ctx_id: int, control: int) -> None:
+        a = self._assoc
+        if not ctx_id & 1:
+            self._weird(ts, "bad_pdv_context", "%d" % ctx_id)
+        if control > 3:
+            self._weird(ts, "bad_pdv_control", "%d" % control)
+        if a is not None:
+            a.pdv_fragments += 1
+        d.remaining -= 4 + length
+        d.pdv_left = length - 2
+        d.pdv_ctx = ctx_id
+        d.pdv_last = bool(control & 2)
+        d.pdv_cmd = bool(control & 1)
+        if d.pdv_cmd:
+            if d.cmd is None:
+                d.cmd = bytearray()
+                d.cmd_over = False
+            d.state = S_PDV_CMD
+        else:
+            if d.cmd is not None:
+                # PS3.7 §9.3.1: a command's fragments all come before its data set.
+                self._weird(ts, "dataset_inside_command")
+                d.cmd = None
+            d.state = S_PDV_DATA
+        if d.pdv_left == 0:
+            self._pdv_end(d, ts)
+
+    def _pdv_end(self, d: _Dir, ts: float) -> None:
+        rem = d.remaining
+        if rem == 0:
+            d.state = S_HDR
+        elif rem >= 6:
+            d.state = S_PDV_HDR
+        else:  # too short for another PDV header: skip the PDU's tail
+            self._weird(ts, "pdv_trailing_bytes", "%d" % rem)
+            d.state = S_SKIP
+        if not d.pdv_last:
+            return
+        if d.pdv_cmd:
+            buf, over = d.cmd, d.cmd_over
+            d.cmd = None
+            if buf is not None and not over:
+                self._command(d, ts, parse_command(buf))
+            return
+        # Last fragment of a data set.
+        if d.ident is not None:
+            self._identifier(d, ts, d.ident)
+            d.ident = None
+        if d.msg_final and d.msg is not None:
+            self._emit_msg(d.msg)
+        d.msg = None
+        d.msg_final = False
+
+    # ---- PDUs ----------------------------------------------------------------------------
+
+    def _pdu_body(self, d: _Dir, ts: float, body: bytes) -> None:
+        a = self._assoc
+        if a is None:
+            return
+        t = d.pdu_type
+        if t == P.A_ASSOCIATE_RQ or t == P.A_ASSOCIATE_AC:
+            info = parse_associate(body, t == P.A_ASSOCIATE_AC)
+            for err in info.errors:
+                self._weird(ts, err)
+            if info.version is not None and info.version != 1:
+                self._weird(ts, "bad_protocol_version", "%d" % info.version)
+            if t == P.A_ASSOCIATE_RQ:
+                a.rq = info
+            else:
+                a.ac = info
+                for c in info.contexts:
+                    if c.result == 0 and c.transfer_syntaxes:
+                        a.ctx_ts[c.id] = c.transfer_syntaxes[0]
+        elif t == P.A_ASSOCIATE_RJ:
+            a.reject = parse_reject(body)
+            self._end(ts, "rejected")
+        elif t == P.A_RELEASE_RP:
+            a.released = True
+            self._end(ts, "accepted")
+        elif t == P.A_ABORT:
+            a.abort = parse_abort(body)
+            self._end(ts, "aborted")
+        # A-RELEASE-RQ: counted in pdu_counts; the RP (or an abort, or the close) ends it.
+
+    # ---- DIMSE ---------------------------------------------------------------------------
+
+    def _command(self, d: _Dir, ts: float, cmd: Command) -> None:
+        a = self._assoc
+        self._flush_dir_msg(d)
+        if cmd.error is not None:
+            self._weird(ts, cmd.error)
+            if cmd.command_field is None:
+                return
+        if a is None:
+            return
+        _inc(a.dimse, cmd.key)
+        if cmd.is_response:
+            status = cmd.status
+            if status is not None:
+                _inc(a.statuses, "0x%04X" % status)
+            msg = a.pending.get((not d.from_client, cmd.responded_id))
+            if msg is None:
+                self._weird(ts, "unmatched_response", "%d" % (cmd.responded_id or 0))
+                return
+            if status in PENDING:
+                msg.pending += 1
+                final = False
+            else:
+                final = True
+                msg.status = None if status is None else "0x%04X" % status
+                msg.ts_response = ts
+                msg.sub_ops = cmd.sub_ops
+                del a.pending[(not d.from_client, cmd.responded_id)]
+            if cmd.has_dataset:
+                d.msg, d.msg_rsp, d.msg_final = msg, True, final
+            elif final:
+                self._emit_msg(msg)
+            return
+        # Request
+        if cmd.name == "C-CANCEL":
+            return
+        by = "requestor" if d.from_client == a.req_from_client else "acceptor"
+        msg = _Msg(ts, cmd, by)
+        if msg.sop_class:
+            _inc(a.sop_classes, msg.sop_class)
+        if msg.move_destination:
+            _inc(a.move_destinations, msg.move_destination)
+        key = (d.from_client, cmd.message_id)
+        old = a.pending.pop(key, None)
+        if old is not None:
+            self._weird(ts, "duplicate_message_id", "%d" % (cmd.message_id or 0))
+            self._emit_msg(old)
+        if len(a.pending) >= MAX_PENDING:
+            self._weird(ts, "too_many_pending")
+            self._emit_msg(a.pending.pop(next(iter(a.pending))))
+        a.pending[key] = msg
+        if cmd.has_dataset:
+            d.msg, d.msg_rsp, d.msg_final = msg, False, False
+            if msg.command in IDENTIFIER_COMMANDS:
+                d.ident = bytearray()
+
+    def _identifier(self, d: _Dir, ts: float, buf: bytearray) -> None:
+        a, msg = self._assoc, d.msg
+        if a is None or msg is None or d.msg_rsp:
+            return
+        explicit = is_explicit(a.ctx_ts.get(d.pdv_ctx), buf)
+        if explicit is None:
+            self._weird(ts, "identifier_unsupported_syntax")
+            return
+        level, keys, err = scan_identifier(buf, explicit)
+        if err is not None:
+            self._weird(ts, err)
+        msg.query_level = level
+        msg.wildcard_keys = keys
+        if level:
+            _inc(a.query_levels, level)
+        for k in keys:
+            _inc(a.wildcard_keys, k)
+
+    def _count_dataset(self, d: _Dir, n: int) -> None:
+        a = self._assoc
+        if a is not None:
+            a.dataset_bytes += n
+        msg = d.msg
+        if msg is not None:
+            if d.msg_rsp:
+                msg.rsp_ds += n
+            else:
+                msg.ds += n
+
+    def _flush_dir_msg(self, d: _Dir) -> None:
+        """A final response whose data set never completed: emit it now."""
+        if d.msg_final and d.msg is not None:
+            self._emit_msg(d.msg)
+        d.msg, d.msg_final, d.ident = None, False, None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def _start(self, ts: float, from_client: bool, mid_stream: bool) -> _Assoc:
+        # Mid-stream, the requestor is whoever the flow layer calls the client.
+        req_from_client = from_client if not mid_stream else True
+        a = _Assoc(ts, req_from_client, mid_stream, self._orphan_errors)
+        self._orphan_errors = 0
+        self._assoc = a
+        return a
+
+    def _endpoints(self, a: _Assoc):
+        c, s = self.ctx.client, self.ctx.server
+        return (c, s) if a.req_from_client else (s, c)
+
+    def _emit_msg(self, m: _Msg) -> None:
+        a = self._assoc
+        if a is None:
+            return
+        client, server = self._endpoints(a)
+        rq = a.rq
+        calling = rq.calling_ae if rq else (a.ac.calling_ae if a.ac else None)
+        called = rq.called_ae if rq else (a.ac.called_ae if a.ac else None)
+        self.ctx.emit(
+            DimseMessage(
+                ts=m.ts,
+                ts_response=m.ts_response,
+                client=client,
+                server=server,
+                calling_ae=calling,
+                called_ae=called,
+                command=m.command,
+                requested_by=m.requested_by,
+                sop_class=m.sop_class,
+                message_id=m.message_id,
+                priority=m.priority,
+                move_destination=m.move_destination,
+                status=m.status,
+                pending=m.pending,
+                latency=None if m.ts_response is None else m.ts_response - m.ts,
+                dataset_bytes=m.ds,
+                response_dataset_bytes=m.rsp_ds,
+                query_level=m.query_level,
+                wildcard_keys=m.wildcard_keys,
+                sub_ops=m.sub_ops,
+            )
+        )
+
+    def _end(self, ts: float, result: str | None) -> None:
+        """Emit unanswered requests and the association record; forget the association."""
+        a = self._assoc
+        if a is None:
+            return
+        for d in self._dirs:
+            if d.msg is not None and d.msg_final:
+                self._emit_msg(d.msg)
+            d.msg, d.msg_final, d.ident = None, False, None
+        for m in list(a.pending.values()):
+            self._emit_msg(m)
+        a.pending.clear()
+        if result is None:
+            if a.abort is not None:
+                result = "aborted"
+            elif a.released:
+                result = "accepted"
+            elif a.ac is not None or a.mid_stream:
+                result = "incomplete"
+            else:
+                result = "no_response"
+        rq, ac = a.rq, a.ac
+        contexts = _contexts(rq, ac)
+        client, server = self._endpoints(a)
+        src = rq or ac
+        self.ctx.emit(
+            DicomAssociation(
+                ts_start=a.ts_start,
+                ts_end=ts,
+                client=client,
+                server=server,
+                calling_ae=src.calling_ae if src else None,
+                called_ae=src.called_ae if src else None,
+                result=result,
+                released=a.released,
+                reject=a.reject,
+                abort=a.abort,
+                application_context=(rq.application_context if rq else None)
+                or (ac.application_context if ac else None),
+                abstract_syntaxes=tuple(
+                    dict.fromkeys(c.abstract_syntax for c in contexts if c.abstract_syntax)
+                ),
+                transfer_syntaxes=tuple(
+                    dict.fromkeys(t for c in (rq.contexts if rq else ()) for t in c.transfer_syntaxes)
+                ),
+                contexts=contexts,
+                req_impl_uid=rq.impl_uid if rq else None,
+                req_impl_version=rq.impl_version if rq else None,
+                acc_impl_uid=ac.impl_uid if ac else None,
+                acc_impl_version=ac.impl_version if ac else None,
+                max_pdu=(rq.max_pdu if rq else None, ac.max_pdu if ac else None),
+                user_identity_type=rq.user_identity_type if rq else None,
+                roles=tuple(rq.roles) if rq else (),
+                async_ops=rq.async_ops if rq else None,
+                pdu_counts=a.pdu_counts,
+                dimse=a.dimse,
+                statuses=a.statuses,
+                sop_classes=a.sop_classes,
+                move_destinations=a.move_destinations,
+                query_levels=a.query_levels,
+                wildcard_keys=a.wildcard_keys,
+                bytes=(a.bytes[0], a.bytes[1]),
+                dataset_bytes=a.dataset_bytes,
+                pdv_fragments=a.pdv_fragments,
+                decode_errors=a.decode_errors,
+                mid_stream=a.mid_stream,
+            )
+        )
+        self._assoc = None
+        self._ended_any = True
+
+    def _abandon(self, d: _Dir, ts: float, keep_rbuf: bool = False) -> None:
+        """Drop partial PDU state of one direction and hunt for the next PDU header."""
+        d.state = S_RESYNC
+        d.hbuf.clear()
+        d.body = None
+        d.cmd = None
+        d.remaining = d.pdv_left = 0
+        d.skipped = 0
+        d.quiet = False
+        if not keep_rbuf:
+            d.rbuf = bytearray()
+        self._flush_dir_msg(d)
+
+    def _weird(self, ts: float, name: str, detail: str = "") -> None:
+        self.ctx.weird(ts, "dicom." + name, detail)
+        if self._assoc is not None:
+            self._assoc.decode_errors += 1
+        else:
+            self._orphan_errors += 1
+
+
+def _contexts(rq: AssociateInfo | None, ac: AssociateInfo | None) -> tuple[PresentationContext, ...]:
+    acc = {c.id: c for c in ac.contexts} if ac else {}
+    out = []
+    for c in rq.contexts if rq else ():
+        r = acc.pop(c.id, None)
+        out.append(
+            PresentationContext(
+                c.id,
+                c.abstract_syntax,
+                tuple(c.transfer_syntaxes),
+                r.result if r else None,
+                r.transfer_syntaxes[0] if r and r.result == 0 and r.transfer_syntaxes else None,
+            )
+        )
+    for c in acc.values():  # AC without RQ (capture began after the RQ)
+        out.append(
+            PresentationContext(
+                c.id,
+                None,
+                (),
+                c.result,
+                c.transfer_syntaxes[0] if c.result == 0 and c.transfer_syntaxes else None,
+            )
+        )
+    return tuple(out)
