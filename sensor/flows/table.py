@@ -38,6 +38,7 @@ class FlowConfig:
     sweep_every: float = 5.0  # seconds of capture time between idle sweeps
     max_hold_bytes: int = 512 * 1024
     max_hold_segments: int = 256
+    fast_skip: bool = True  # consume opaque data-set segments by skip credit (off: every byte is fed)
 
 
 def _ip_str(addr) -> str:
@@ -58,7 +59,7 @@ class Flow:
     __slots__ = ("key", "proto", "client", "server", "ts_start", "ts_last", "packets", "bytes",
                  "payload", "flags", "syn", "synack", "handshake", "rst", "fins", "closed_at",
                  "streams", "app", "analyzer", "probe_buf", "probe_segments", "ctx", "vlan",
-                 "mid_stream", "c_mac", "s_mac")
+                 "mid_stream", "c_mac", "s_mac", "credit")
 
     def __init__(self, key, proto: int, ts: float) -> None:
         self.key = key
@@ -80,6 +81,7 @@ class Flow:
         self.ctx: FlowContext | None = None
         self.vlan = 0
         self.mid_stream = False
+        self.credit: list[int] | None = None  # the analyzer's skip credit, by from_client
 
 
 class FlowTable:
@@ -126,6 +128,21 @@ class FlowTable:
             flow.bytes[d] += p[P_IPLEN]
             payload = p[P_PAYLOAD]
             if proto == IPPROTO_TCP:
+                credit = flow.credit
+                if credit is not None and payload is not None and not p[P_FLAGS] & 0x07:
+                    # Fast path (protocols/base.py): an in-order segment that lies inside opaque
+                    # data-set bytes is consumed by sequence arithmetic, without a call.
+                    n = len(payload)
+                    fc = 1 - d
+                    if n <= credit[fc] and not p[P_MISSING]:
+                        stream = flow.streams[d]
+                        if p[P_SEQ] == stream.next_seq and not stream.held:
+                            credit[fc] -= n
+                            stream.next_seq = (stream.next_seq + n) & 0xFFFFFFFF
+                            stream.delivered += n
+                            flow.payload[d] += n
+                            flow.flags |= p[P_FLAGS]
+                            continue
                 self._tcp(flow, p, d, ts, payload)
             elif payload is not None:
                 flow.payload[d] += len(payload)
@@ -243,6 +260,8 @@ class FlowTable:
             self.counters.add(f"analyzer.{app}.init_error")
             flow.app = False
             return
+        if self.config.fast_skip:
+            flow.credit = getattr(flow.analyzer, "skip_credit", None)
         pending = flow.probe_buf[2] if flow.probe_buf else []
         flow.probe_buf = None
         if flow.mid_stream:

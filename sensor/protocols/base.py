@@ -11,6 +11,13 @@ in-order bytes. An analyzer never sees packets, only byte chunks in stream order
 * ``close(ts, reason)``             - the flow ended: "fin", "rst", "timeout", "evicted", "eof".
   Emit whatever records are still open (an association that never released, say).
 
+Optional fast path: an analyzer may expose ``skip_credit``, a two-item list indexed by
+``from_client``: how many upcoming bytes of that direction it would discard unseen (a data-set
+fragment's body). The flow layer may then consume in-order segments that fit in the credit by
+decrementing it, without calling ``data``; the analyzer settles the difference on its next call
+(``data``/``gap``/``close``). This keeps Python to once per PDU, not once per segment, on bulk
+C-STORE traffic.
+
 Analyzers emit events through ``ctx.emit`` and count anomalies through ``ctx.weird`` (which both
 counts and, rate-limited, emits a ``Weird`` event). They must never raise: a hostile byte stream
 gives counted weirds, not exceptions (STYLE 3: "need more bytes" is not "bad bytes").

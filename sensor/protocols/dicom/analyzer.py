@@ -233,20 +233,45 @@ class DicomAnalyzer:
         self._assoc: _Assoc | None = None
         self._ended_any = False
         self._orphan_errors = 0
+        # Skip credit (base.py): opaque data-set bytes the flow layer may consume without calling
+        # us, indexed by from_client. `_granted` remembers what we offered, to settle lazily.
+        self.skip_credit = [0, 0]
+        self._granted = [0, 0]
 
     # ---- public contract -----------------------------------------------------------------
 
     def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
         d = self._dirs[from_client]
         try:
+            if self._granted[from_client]:
+                self._settle(d, from_client)
             self._feed(d, ts, chunk)
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
             self._abandon(d, ts)
+        self._grant(d, from_client)
+
+    def _settle(self, d: _Dir, from_client: bool) -> None:
+        """Account for the data-set bytes the flow layer consumed on our behalf."""
+        used = self._granted[from_client] - self.skip_credit[from_client]
+        self._granted[from_client] = self.skip_credit[from_client] = 0
+        if used:
+            d.pdv_left -= used
+            self._count_dataset(d, used)
+
+    def _grant(self, d: _Dir, from_client: bool) -> None:
+        # Only plain data-set bytes are opaque; identifiers are looked into. Keep one byte back so
+        # the PDV's end always passes through _feed.
+        credit = d.pdv_left - 1 if d.state == S_PDV_DATA and d.ident is None else 0
+        if credit < 0:
+            credit = 0
+        self._granted[from_client] = self.skip_credit[from_client] = credit
 
     def gap(self, from_client: bool, ts: float, length: int) -> None:
         d = self._dirs[from_client]
         try:
+            if self._granted[from_client]:
+                self._settle(d, from_client)
             self._weird(ts, "gap", "%d" % length)
             if d.state == S_PDV_DATA and length < d.pdv_left:
                 # The gap lies inside a data-set fragment: skip it by arithmetic, no resync needed.
@@ -262,9 +287,13 @@ class DicomAnalyzer:
         except Exception:  # noqa: BLE001 - never raise (base.py contract)
             self._weird(ts, "internal")
             self._abandon(d, ts)
+        self._grant(d, from_client)
 
     def close(self, ts: float, reason: str) -> None:
         try:
+            for fc in (False, True):
+                if self._granted[fc]:
+                    self._settle(self._dirs[fc], fc)
             for d in self._dirs:
                 self._flush_dir_msg(d)
             if self._assoc is not None:
