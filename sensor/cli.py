@@ -17,6 +17,13 @@ from sensor import __version__
 # `radsensor decode` does not pay for scikit-learn and `radsensor --version` is instant.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("decode", "decode", "decode"),
+    ("features", "features", "features"),
+    ("train", "train", "train"),
+    ("detect", "detect", "detect"),
+    ("evaluate", "evaluate", "evaluate"),
+    ("model", "model", "model"),
+    ("run", "run", "run"),
+    ("config", "config", "config"),
 )
 
 
@@ -42,3 +49,7 @@ def main() -> None:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

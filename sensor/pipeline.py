@@ -66,8 +66,13 @@ class PipelineError(Exception):
 
 
 def iter_events(paths: Sequence[str | os.PathLike], config: PipelineConfig = PipelineConfig(),
-                counters: Counters | None = None, on_batch: Callable | None = None) -> Iterator[Event]:
-    """Decode capture files (or directories of them) and yield events as they complete."""
+                counters: Counters | None = None, on_batch: Callable | None = None,
+                warnings: list[str] | None = None) -> Iterator[Event]:
+    """Decode capture files (or directories of them) and yield events as they complete.
+
+    Damaged input (a truncated or corrupt file) is not an error: its events are yielded and one
+    line per problem is appended to ``warnings`` (and counted as ``capture.warnings``).
+    """
     out: list[Event] = []
     pipeline = Pipeline(out.append, config, counters)
     source = open_captures([os.fspath(p) for p in paths], batch_size=config.batch_size)
@@ -80,6 +85,7 @@ def iter_events(paths: Sequence[str | os.PathLike], config: PipelineConfig = Pip
             out.clear()
     pipeline.finish()
     yield from out
-    for warning in getattr(source, "warnings", ()):
+    for warning in source.warnings:
         pipeline.counters.add("capture.warnings")
-        pipeline.counters.values.setdefault("_warnings", 0)
+        if warnings is not None:
+            warnings.append(warning)

@@ -32,6 +32,7 @@ def decode(captures: tuple[str, ...], logs_dir: str | None, progress: bool | Non
     summary = DecodeSummary()
     writer = EventLogWriter(logs_dir) if logs_dir else None
     packets = 0
+    warnings: list[str] = []
     started = time.perf_counter()
     bar = Progress(TextColumn("decoding"), BarColumn(), TextColumn("{task.fields[pk]:,} packets"),
                    TransferSpeedColumn(), console=Console(stderr=True), disable=not show)
@@ -45,7 +46,8 @@ def decode(captures: tuple[str, ...], logs_dir: str | None, progress: bool | Non
                 bar.update(task, advance=sum(len(f) for f in batch.frames) + 16 * len(batch.frames),
                            pk=packets)
 
-            for event in iter_events(captures, counters=counters, on_batch=on_batch):
+            for event in iter_events(captures, counters=counters, on_batch=on_batch,
+                                     warnings=warnings):
                 summary.add(event)
                 if writer:
                     writer.write(event)
@@ -56,8 +58,8 @@ def decode(captures: tuple[str, ...], logs_dir: str | None, progress: bool | Non
         if writer:
             writer.close()
     summary.render(counters, packets, time.perf_counter() - started, console)
-    for warning in counters.prefixed("capture.warning"):
-        pass
+    for warning in warnings:
+        click.echo(f"radsensor: warning: {warning}", err=True)
     if writer:
         console.print(f"event logs in {logs_dir}: " + ", ".join(
             f"{k}.jsonl ({v:,})" for k, v in sorted(writer.written.items())))
