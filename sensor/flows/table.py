@@ -59,7 +59,7 @@ class Flow:
     __slots__ = ("key", "proto", "client", "server", "ts_start", "ts_last", "packets", "bytes",
                  "payload", "flags", "syn", "synack", "handshake", "rst", "fins", "closed_at",
                  "streams", "app", "analyzer", "probe_buf", "probe_segments", "ctx", "vlan",
-                 "mid_stream", "c_mac", "s_mac", "credit")
+                 "mid_stream", "c_mac", "s_mac", "credit", "isn")
 
     def __init__(self, key, proto: int, ts: float) -> None:
         self.key = key
@@ -82,6 +82,7 @@ class Flow:
         self.vlan = 0
         self.mid_stream = False
         self.credit: list[int] | None = None  # the analyzer's skip credit, by from_client
+        self.isn: list[int | None] | None = None
 
 
 class FlowTable:
@@ -186,9 +187,14 @@ class FlowTable:
                     flow.synack = True
                 else:
                     flow.syn = True
+                # Streams are built on the first payload byte; a SYN only fixes the ISN, so a
+                # scan's thousands of SYN-only flows cost no stream objects.
                 if flow.streams is None:
-                    flow.streams = self._make_streams(flow)
-                flow.streams[d].syn(p[P_SEQ])
+                    if flow.isn is None:
+                        flow.isn = [None, None]
+                    flow.isn[d] = p[P_SEQ]
+                else:
+                    flow.streams[d].syn(p[P_SEQ])
             if flags & RST:
                 # Linger instead of ending now, so a repeated RST does not start a ghost flow.
                 flow.rst = True
@@ -206,6 +212,10 @@ class FlowTable:
             if flow.app is not False:
                 if flow.streams is None:
                     flow.streams = self._make_streams(flow)
+                    if flow.isn is not None:
+                        for i, isn in enumerate(flow.isn):
+                            if isn is not None:
+                                flow.streams[i].syn(isn)
                 flow.streams[d].segment(ts, p[P_SEQ], payload, p[P_MISSING])
 
     def _make_streams(self, flow: Flow) -> list[TcpStream]:
