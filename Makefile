@@ -4,7 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint dataset model eval clean
+.PHONY: install demo test bench bench-live lint samples dataset model eval clean
+
+RS := $(BIN)/radsensor
+MODEL := models/demo.rsm
+BASELINE := pcaps/normal-day1.pcap pcaps/normal-day2.pcap
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/radsensor decode pcaps/*.pcap* --logs out/demo-logs
+# The main job on the shipped samples: decode, (re)use the baseline, detect the attack day,
+# print the alerts and the evaluation table.
+demo: $(STAMP) $(MODEL)
+	$(RS) decode pcaps/attack-day.pcap --logs out/demo/logs --no-progress
+	$(RS) model info $(MODEL)
+	$(RS) detect pcaps/attack-day.pcap -m $(MODEL) --alerts out/demo/alerts.jsonl --format text
+	$(RS) evaluate --labels pcaps/attack-day.labels.json out/demo/alerts.jsonl --model $(MODEL)
+
+$(MODEL): $(BASELINE) | $(STAMP)
+	$(RS) train $(BASELINE) -o $(MODEL) --no-progress
+
+model: $(STAMP)
+	$(RS) train $(BASELINE) -o $(MODEL) --no-progress
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -23,11 +38,23 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+bench-live: $(STAMP)
+	$(BIN)/python -m bench.live
+
 lint: $(STAMP)
 	$(BIN)/ruff check sensor training tests bench
 
+samples: $(STAMP)
+	$(BIN)/python -m training.generate --samples --out pcaps
+
 dataset: $(STAMP)
 	$(BIN)/python -m training.generate --full --out data/dataset
+
+# Full-size evaluation: train on the normal days, detect every attack and clean day, with the
+# DICOM/HL7-aware model and with the flow-only comparison forest.
+eval: $(STAMP)
+	test -d data/dataset || $(BIN)/python -m training.generate --full --out data/dataset
+	$(BIN)/python -m training.run_eval data/dataset out/eval
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
