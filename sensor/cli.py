@@ -7,6 +7,7 @@ here. Exit codes: 0 ok, 1 runtime failure, 2 usage or bad input (one clear line 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -45,6 +46,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    if not sys.stdout.isatty():
+        # Tables piped to a file or CI log would otherwise wrap at rich's 80-column default.
+        os.environ.setdefault("COLUMNS", "200")
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:
