@@ -36,14 +36,20 @@ SUB_IMPL_VERSION = 0x55
 SUB_USER_IDENTITY_RQ = 0x58
 
 
+# Identifier fields travel on to logs, syslog and SIEM parsers: a fuzzed PDU must not smuggle
+# control characters, escapes or non-ASCII bytes into them. Anything outside printable ASCII
+# becomes "?" (PS3.5 forbids control characters in AE, UI and SH values anyway).
+_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else 0x3F for b in range(256))
+
+
 def text(raw: bytes | memoryview, limit: int) -> str:
-    """An identifier field (UID, AE title, version name): ASCII, padding stripped, bounded."""
-    return bytes(raw[:limit]).decode("ascii", "replace").rstrip(" \x00")
+    """An identifier field (UID, AE title, version name): printable ASCII, padding stripped, bounded."""
+    return bytes(raw[:limit]).rstrip(b" \x00").translate(_PRINTABLE).decode("ascii")
 
 
 def ae_title(raw: bytes | memoryview) -> str:
-    """AE title: trailing spaces are padding (PS3.5 AE); undecodable bytes are replaced."""
-    return bytes(raw).decode("ascii", "replace").rstrip(" \x00")
+    """AE title: leading/trailing spaces are insignificant (PS3.5 AE); non-printables become '?'."""
+    return bytes(raw).strip(b" \x00").translate(_PRINTABLE).decode("ascii")
 
 
 @dataclass(slots=True)
