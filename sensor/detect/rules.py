@@ -136,8 +136,9 @@ _SERVICE_ATTACK = {"C-FIND": ("T1119",), "C-MOVE": ("T1005",), "C-GET": ("T1005"
 
 
 def r_new_service(w, inv, eng) -> list[Finding]:
-    if not _known(inv, w):
-        return []
+    # Also for devices absent from the baseline: "new device" is said once, but what an unknown
+    # host then does (a C-FIND sweep, a C-GET of whole studies) is what the analyst must see.
+    # Each (device, service) is still reported only once per run.
     out: list[Finding] = []
     aes = dict(w.peers)
     for key, t in _obs(w, "service"):
