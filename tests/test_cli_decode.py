@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from scapy.all import Ether, IP, TCP, wrpcap
+from scapy.all import IP, TCP, Ether, wrpcap
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RADSENSOR = [sys.executable, "-m", "sensor.cli"]

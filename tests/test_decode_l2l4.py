@@ -3,13 +3,37 @@
 import socket
 
 import pytest
-from scapy.all import IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, \
-    IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, Raw
+from scapy.all import (
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    Dot1Q,
+    Ether,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    Raw,
+)
 from scapy.layers.l2 import CookedLinux
 
 from sensor.decode import l2l4
-from sensor.decode.l2l4 import (P_DPORT, P_DST, P_FLAGS, P_IPLEN, P_MISSING, P_PAYLOAD, P_PROTO, P_SEQ,
-                                P_SPORT, P_SRC, P_VLAN, decode_batch)
+from sensor.decode.l2l4 import (
+    P_DPORT,
+    P_DST,
+    P_FLAGS,
+    P_IPLEN,
+    P_MISSING,
+    P_PAYLOAD,
+    P_PROTO,
+    P_SEQ,
+    P_SPORT,
+    P_SRC,
+    P_VLAN,
+    decode_batch,
+)
 from sensor.events import Counters
 
 
