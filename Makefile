@@ -10,7 +10,7 @@ RS := $(BIN)/radsensor
 MODEL := models/demo.rsm
 BASELINE := pcaps/normal-day1.pcap pcaps/normal-day2.pcap
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py sensor/_fast/fastpath.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

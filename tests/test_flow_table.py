@@ -91,3 +91,38 @@ def test_unknown_payload_is_not_an_app():
     frames = handshake(dport=443) + [pkt(0.01, C, S, 40000, 443, "PA", 101, 501, b"\x16\x03\x01" + b"\x00" * 80)]
     (flow,), _, _ = run(frames)
     assert flow.app is None
+
+
+def test_mid_stream_first_packet_from_service_port_is_the_server():
+    frames = [pkt(0.0, S, C, 104, 40000, "A", 500, 101), pkt(0.001, C, S, 40000, 104, "A", 101, 501)]
+    (flow,), _, _ = run(frames)
+    assert (flow.client.ip, flow.client.port, flow.server.port) == (C, 40000, 104)
+    assert flow.client.mac == CM and flow.packets == (1, 1)
+
+
+def test_mid_stream_between_ephemeral_ports_keeps_first_sender_as_client():
+    frames = [pkt(0.0, S, C, 50000, 40000, "A", 500, 101)]
+    (flow,), _, _ = run(frames)
+    assert flow.client.ip == S and flow.client.port == 50000
+
+
+def test_mid_stream_random_payload_is_not_recognised():
+    import random
+    rnd = random.Random(3)
+    frames = [pkt(i * 0.001, C, S, 40000, 445, "PA", 101 + i * 1400, 501, bytes(rnd.randrange(256) for _ in range(1400)))
+              for i in range(40)]
+    (flow,), _, _ = run(frames)
+    assert flow.app is None
+
+
+def test_fuzzed_associate_rq_is_recognised_by_the_abort_answer():
+    # A 22-byte "A-ASSOCIATE-RQ" far below the fixed part, answered by the SCP's A-ABORT.
+    junk = b"\x01\x00\x00\x00\x00\x10" + b"\x00" * 16
+    abort = b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+    frames = handshake() + [pkt(0.01, C, S, 40000, 104, "PA", 101, 501, junk),
+                            pkt(0.02, S, C, 104, 40000, "PA", 501, 123, abort)]
+    flows, events, counters = run(frames)
+    assert flows[0].app == "dicom"
+    (assoc,) = [e for e in events if e.log_name == "dicom"]
+    assert assoc.result == "aborted" and assoc.pdu_counts == {"A-ASSOCIATE-RQ": 1, "A-ABORT": 1}
+    assert counters.get("weird.dicom.bad_pdu_length") == 1

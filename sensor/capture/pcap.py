@@ -3,14 +3,21 @@
 Magic ``a1b2c3d4`` (microsecond) or ``a1b23c4d`` (nanosecond), written in either byte order.
 This is the hot path: records are parsed with one precompiled ``unpack_from`` each and frames are
 ``memoryview`` slices of a multi-MiB block, so there is one read() per block, not per packet.
+
+With the compiled helper (``sensor._fast``) records are not even sliced: a batch is a ``PcapBlock``,
+the read block plus where its records start and how many there are. The pipeline hands the block
+to the compiled loop as it is; ``ts``/``frames``/``wirelen`` are built only if someone asks. Such a
+batch never spans two read blocks, so a batch can end early (``len`` < batch size) at a block edge.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator
 from typing import Protocol
 
+from sensor import _fast
 from sensor.capture.batch import PacketBatch
 from sensor.capture.stream import READ_SIZE, BlockStream
 
@@ -56,10 +63,70 @@ def max_caplen(snaplen: int) -> int:
     return max(STANDARD_MAX_CAPLEN, min(snaplen, HARD_MAX_CAPLEN))
 
 
+class PcapBlock(PacketBatch):
+    """A batch of ``count`` complete records lying in ``block`` from offset ``start``.
+
+    ``swapped``: the file's byte order is not the host's. ``ts``, ``frames`` and ``wirelen`` are
+    built on first access (the compiled pipeline never asks). ``nbytes``: captured bytes.
+
+    >>> hdr = struct.pack("=IIII", 5, 500_000, 3, 60)
+    >>> b = PcapBlock(1, hdr + b"abc", 0, 1, False, 1_000_000, "x.pcap", 3)
+    >>> len(b), b.ts, [bytes(f) for f in b.frames], b.wirelen
+    (1, [5.5], [b'abc'], [60])
+    """
+
+    __slots__ = ("block", "start", "count", "swapped", "units", "nbytes", "_cols", "_ts")
+
+    def __init__(self, linktype: int, block: bytes, start: int, count: int, swapped: bool, units: int,
+                 source: str, nbytes: int) -> None:
+        self.linktype = linktype
+        self.source = source
+        self.block = block
+        self.start = start
+        self.count = count
+        self.swapped = swapped
+        self.units = units
+        self.nbytes = nbytes
+        self._cols: tuple[list, list, list] | None = None
+        self._ts: list[float] | None = None
+
+    def _columns(self) -> tuple[list, list, list]:
+        if self._cols is None:
+            cols = _fast.impl.parse_pcap(self.block, self.start, self.count, self.swapped, float(self.units))
+            if self._ts is not None:  # one list object per batch, whichever was asked first
+                cols = (self._ts, cols[1], cols[2])
+            self._cols = cols
+        return self._cols
+
+    @property
+    def ts(self) -> list[float]:  # type: ignore[override]
+        # Sources read only the timestamps (file ordering): no frame objects for that.
+        if self._cols is not None:
+            return self._cols[0]
+        if self._ts is None:
+            self._ts = _fast.impl.pcap_ts(self.block, self.start, self.count, self.swapped, float(self.units))
+        return self._ts
+
+    @property
+    def frames(self) -> list:  # type: ignore[override]
+        return self._columns()[1]
+
+    @property
+    def wirelen(self) -> list[int]:  # type: ignore[override]
+        return self._columns()[2]
+
+    def __len__(self) -> int:
+        return self.count
+
+
 def read_records(stats: Stats, stream: BlockStream, buf: bytes, order: str, units: int, snaplen: int,
                  linktype: int, source: str, batch_size: int,
                  read_size: int = READ_SIZE) -> Iterator[PacketBatch]:
     """Yield batches from ``buf`` (starting after the file header) and the rest of ``stream``."""
+    if _fast.COMPILED:
+        yield from _read_blocks(stats, stream, buf, order, units, snaplen, linktype, source, batch_size,
+                                read_size)
+        return
     unpack = _REC_HDR[order].unpack_from
     limit = max_caplen(snaplen)
     mv = memoryview(buf)
@@ -119,6 +186,82 @@ def read_records(stats: Stats, stream: BlockStream, buf: bytes, order: str, unit
         stats.records += n
         stats.bytes += nbytes
         yield PacketBatch(linktype, ts, frames, wire, source)
+
+
+def _read_blocks(stats: Stats, stream: BlockStream, buf: bytes, order: str, units: int, snaplen: int,
+                 linktype: int, source: str, batch_size: int,
+                 read_size: int = READ_SIZE) -> Iterator[PcapBlock]:
+    """``read_records`` for the compiled path: records are found by ``scan_pcap``, not sliced.
+
+    Same counters and warnings, word for word, as the per-record loop.
+    """
+    scan = _fast.impl.scan_pcap
+    unpack = _REC_HDR[order].unpack_from
+    swapped = (order == ">") == (sys.byteorder == "little")
+    limit = max_caplen(snaplen)
+    pos = FILE_HEADER_LEN
+    while True:
+        end, n, nbytes, status = scan(buf, pos, swapped, limit, batch_size)
+        if n:
+            stats.records += n
+            stats.bytes += nbytes
+            yield PcapBlock(linktype, buf, pos, n, swapped, units, source, nbytes)
+            pos = end
+        if status == 0:
+            continue
+        if status == 2:
+            incl = unpack(buf, pos)[2]
+            stats.truncated += 1
+            stats.warn(f"corrupt record after {stats.records} packets: caplen {incl} > {limit}; stopped")
+            break
+        # The next record is not complete in this block. It alone is completed in a small buffer
+        # of its own; the next block is used as read (no copy of megabytes per block).
+        tail = buf[pos:]
+        more = stream.read(read_size)
+        if not more:
+            if len(tail) >= RECORD_HEADER_LEN:
+                incl = unpack(tail, 0)[2]
+                stats.truncated += 1
+                stats.warn(f"truncated: file ends inside a record ({len(tail) - RECORD_HEADER_LEN} of {incl} bytes)")
+            elif tail:
+                stats.truncated += 1
+                stats.warn(f"truncated: file ends inside a record header ({len(tail)} of 16 bytes)")
+            break
+        take = _straddle(tail, more, unpack, limit)
+        if take < 0:  # short read or a corrupt header: scan the joined bytes, as the slow loop does
+            buf, pos = tail + more, 0
+            continue
+        if take:
+            rec = tail + more[:take]
+            stats.records += 1
+            stats.bytes += len(rec) - RECORD_HEADER_LEN
+            yield PcapBlock(linktype, rec, 0, 1, swapped, units, source, len(rec) - RECORD_HEADER_LEN)
+        buf, pos = more, take
+    if stream.error:
+        stats.warn(stream.error)
+        if not stats.truncated:
+            stats.truncated += 1
+
+
+def _straddle(tail: bytes, more: bytes, unpack, limit: int) -> int:
+    """Bytes of ``more`` that complete the record starting in ``tail`` (0: ``tail`` is empty).
+
+    -1 when ``more`` is too short or the header announces a corrupt length (the caller then scans
+    ``tail + more``, which reports it exactly like the per-record loop).
+    """
+    if not tail:
+        return 0
+    have = len(tail)
+    if have < RECORD_HEADER_LEN:
+        if len(more) < RECORD_HEADER_LEN - have:
+            return -1
+        incl = unpack(tail + more[:RECORD_HEADER_LEN - have], 0)[2]
+    else:
+        incl = unpack(tail, 0)[2]
+    take = RECORD_HEADER_LEN + incl - have
+    if incl > limit or take > len(more):
+        return -1
+    return take
 
 
 def _refill(stream: BlockStream, buf: bytes, pos: int, need: int,

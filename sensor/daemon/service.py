@@ -428,6 +428,9 @@ class Service:
                    "Packets dropped by the interface or driver (pcap ps_ifdrop).", per_iface("capture", "if_drops")),
             Family("radsensor_kernel_received_total", "counter", "Packets the kernel passed to the capture.",
                    per_iface("capture", "received")),
+            Family("radsensor_capture_backlog", "gauge",
+                   "Packets in the capture ring not yet through the pipeline (received - kernel drops - packets).",
+                   _backlog(stats)),
             Family("radsensor_last_packet_timestamp_seconds", "gauge", "Capture time of the newest packet.",
                    (((), max((st.last_packet_ts for st in stats), default=0.0)),)),
             Family("radsensor_flows_active", "gauge", "Flows in the flow table.",
@@ -478,6 +481,21 @@ class Service:
         log.info("%d packets (%.0f/s), %d kernel drops, %d interface drops, %d flows open, %d events, %d alerts",
                  t["packets"], rate, t["kernel_drops"], t["if_drops"], sum(st.active_flows for st in stats),
                  sum(self.events_by_log.values()), sum(self.alerts_by.values()))
+
+
+def _backlog(stats) -> tuple:
+    """Per interface: packets the kernel put in the ring that the pipeline has not decoded yet.
+
+    On Linux pcap's ps_recv counts ring drops too (TPACKET_V3 adds tp_drops to tp_packets), hence
+    the subtraction. Each worker's packets are read before its pcap counters (``stats()``), so a
+    sample is never negative; a backlog that grows from scrape to scrape means the analyzers are
+    slower than the link and the ring will overflow.
+    """
+    acc: Counter[str] = Counter()
+    for st in stats:
+        for iface, c in st.capture.items():
+            acc[iface] += c.received - c.kernel_drops - st.packets.get(iface, 0)
+    return tuple(((("interface", k),), float(v)) for k, v in sorted(acc.items()))
 
 
 def _preload() -> None:

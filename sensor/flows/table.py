@@ -14,9 +14,26 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from sensor.decode.l2l4 import (IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, P_ACK,
-                                P_DPORT, P_DST, P_FLAGS, P_FRAME, P_IPLEN, P_MACOFF, P_MISSING,
-                                P_PAYLOAD, P_PROTO, P_SEQ, P_SPORT, P_SRC, P_TS, P_VLAN)
+from sensor.decode.l2l4 import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    P_DPORT,
+    P_DST,
+    P_FLAGS,
+    P_FRAME,
+    P_IPLEN,
+    P_MACOFF,
+    P_MISSING,
+    P_PAYLOAD,
+    P_PROTO,
+    P_SEQ,
+    P_SPORT,
+    P_SRC,
+    P_TS,
+    P_VLAN,
+)
 from sensor.events import Counters, Endpoint, Event, FlowRecord
 from sensor.flows.stream import TcpStream
 from sensor.protocols import dispatch
@@ -27,6 +44,8 @@ _FLAG_LETTERS = ((SYN, "S"), (ACK, "A"), (FIN, "F"), (PSH, "P"), (RST, "R"), (UR
 
 # A flow that is not recognised within this many payload segments (per flow) stops being probed.
 MAX_PROBE_SEGMENTS = 32
+# Bytes held (copied) per flow while it is not yet recognised.
+MAX_PROBE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +78,7 @@ class Flow:
     __slots__ = ("key", "proto", "client", "server", "ts_start", "ts_last", "packets", "bytes",
                  "payload", "flags", "syn", "synack", "handshake", "rst", "fins", "closed_at",
                  "streams", "app", "analyzer", "probe_buf", "probe_segments", "ctx", "vlan",
-                 "mid_stream", "c_mac", "s_mac", "credit", "isn")
+                 "mid_stream", "c_mac", "s_mac", "credit", "isn", "fast")
 
     def __init__(self, key, proto: int, ts: float) -> None:
         self.key = key
@@ -82,6 +101,7 @@ class Flow:
         self.vlan = 0
         self.mid_stream = False
         self.credit: list[int] | None = None  # the analyzer's skip credit, by from_client
+        self.fast = -1  # compiled FastTable entry (-1: none, -2: ended, never again)
         self.isn: list[int | None] | None = None
 
 
@@ -96,59 +116,78 @@ class FlowTable:
         self.flows: dict[tuple, Flow] = {}
         self.now = 0.0
         self._next_sweep = 0.0
+        self.fast = None  # a sensor._fast FastTable counting for us (attach_fast), or None
 
-    # -- the per-batch hot loop ----------------------------------------------------------------
+    # -- the per-packet path -------------------------------------------------------------------
     def process(self, packets: list[tuple]) -> None:
-        flows = self.flows
+        """Feed decoded Packet tuples (``decode_batch``) in capture order."""
+        one = self._one
         for p in packets:
-            if p[P_TS] >= self._next_sweep:
-                self.now = p[P_TS]
-                self._sweep(p[P_TS])
-            proto = p[P_PROTO]
-            src, sport, dst, dport = p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT]
-            key = (proto, src, sport, dst, dport)
-            flow = flows.get(key)
-            if flow is not None:
-                to_server = True
-            else:
-                flow = flows.get((proto, dst, dport, src, sport))
-                if flow is None:
-                    flow = self._new_flow(p, key)
-                    to_server = flow.key == key
-                else:
-                    to_server = False
-            if flow.closed_at is not None and p[P_FLAGS] & SYN and not p[P_FLAGS] & ACK:
-                # Port reuse: a fresh SYN on a closed flow starts a new connection.
-                self._end(flow, flow.ts_last, "rst" if flow.rst else "fin")
-                flow = self._new_flow(p, key)
-                to_server = True
-            ts = p[P_TS]
-            d = 0 if to_server else 1
-            flow.ts_last = ts
-            flow.packets[d] += 1
-            flow.bytes[d] += p[P_IPLEN]
-            payload = p[P_PAYLOAD]
-            if proto == IPPROTO_TCP:
-                credit = flow.credit
-                if credit is not None and payload is not None and not p[P_FLAGS] & 0x07:
-                    # Fast path (protocols/base.py): an in-order segment that lies inside opaque
-                    # data-set bytes is consumed by sequence arithmetic, without a call.
-                    n = len(payload)
-                    fc = 1 - d
-                    if n <= credit[fc] and not p[P_MISSING]:
-                        stream = flow.streams[d]
-                        if p[P_SEQ] == stream.next_seq and not stream.held:
-                            credit[fc] -= n
-                            stream.next_seq = (stream.next_seq + n) & 0xFFFFFFFF
-                            stream.delivered += n
-                            flow.payload[d] += n
-                            flow.flags |= p[P_FLAGS]
-                            continue
-                self._tcp(flow, p, d, ts, payload)
-            elif payload is not None:
-                flow.payload[d] += len(payload)
+            one(p)
         if packets:
             self.now = max(self.now, packets[-1][P_TS])
+
+    def attach_fast(self, fast) -> None:
+        """Let a compiled ``sensor._fast`` FastTable count registered flows' packets on our behalf.
+
+        It calls ``_one`` for every packet it does not count itself, writes its counts back into a
+        Flow before Python sees that flow again (``release`` at the end, ``merge_all`` before a
+        sweep) and reads the flow's state after every ``_one``. Attributes it reads and writes:
+        Flow.fast/key/closed_at/handshake/syn/synack/app/credit/streams/packets/bytes/payload/
+        flags/ts_last, TcpStream.next_seq/held/delivered, FlowTable._next_sweep.
+        """
+        self.fast = fast
+
+    def _one(self, p: tuple) -> Flow:
+        """One packet; returns the flow it went to (the compiled loop re-reads that flow's state)."""
+        if p[P_TS] >= self._next_sweep:
+            self.now = p[P_TS]
+            self._sweep(p[P_TS])
+        flows = self.flows
+        proto = p[P_PROTO]
+        src, sport, dst, dport = p[P_SRC], p[P_SPORT], p[P_DST], p[P_DPORT]
+        key = (proto, src, sport, dst, dport)
+        flow = flows.get(key)
+        if flow is not None:
+            to_server = True
+        else:
+            flow = flows.get((proto, dst, dport, src, sport))
+            if flow is None:
+                flow = self._new_flow(p, key)
+                to_server = flow.key == key
+            else:
+                to_server = False
+        if flow.closed_at is not None and p[P_FLAGS] & SYN and not p[P_FLAGS] & ACK:
+            # Port reuse: a fresh SYN on a closed flow starts a new connection.
+            self._end(flow, flow.ts_last, "rst" if flow.rst else "fin")
+            flow = self._new_flow(p, key)
+            to_server = True
+        ts = p[P_TS]
+        d = 0 if to_server else 1
+        flow.ts_last = ts
+        flow.packets[d] += 1
+        flow.bytes[d] += p[P_IPLEN]
+        payload = p[P_PAYLOAD]
+        if proto == IPPROTO_TCP:
+            credit = flow.credit
+            if credit is not None and payload is not None and not p[P_FLAGS] & 0x07:
+                # Fast path (protocols/base.py): an in-order segment that lies inside opaque
+                # data-set bytes is consumed by sequence arithmetic, without a call.
+                n = len(payload)
+                fc = 1 - d
+                if n <= credit[fc] and not p[P_MISSING]:
+                    stream = flow.streams[d]
+                    if p[P_SEQ] == stream.next_seq and not stream.held:
+                        credit[fc] -= n
+                        stream.next_seq = (stream.next_seq + n) & 0xFFFFFFFF
+                        stream.delivered += n
+                        flow.payload[d] += n
+                        flow.flags |= p[P_FLAGS]
+                        return flow
+            self._tcp(flow, p, d, ts, payload)
+        elif payload is not None:
+            flow.payload[d] += len(payload)
+        return flow
 
     def _new_flow(self, p: tuple, key: tuple) -> Flow:
         flows = self.flows
@@ -156,11 +195,15 @@ class FlowTable:
             # Evict the oldest-created flow: O(1) with dict order, and counted.
             oldest = next(iter(flows.values()))
             self.counters.add("flows.evicted")
+            if oldest.fast >= 0:
+                self.fast.release(oldest)  # its latest packet time first (the compiled side's counts)
             self._end(oldest, oldest.ts_last, "evicted")
         flags = p[P_FLAGS]
         proto = p[P_PROTO]
-        if proto == IPPROTO_TCP and flags & SYN and flags & ACK:
-            # First packet seen is a SYN-ACK: its sender is the server.
+        if (proto == IPPROTO_TCP and flags & SYN and flags & ACK) or \
+                (not flags & SYN and _looks_like_server_port(p[P_SPORT], p[P_DPORT])):
+            # The first packet seen came from the server: a SYN-ACK, or - when the capture began
+            # inside the conversation - it was sent from a service port to a client port.
             key = (proto, p[P_DST], p[P_DPORT], p[P_SRC], p[P_SPORT])
             flow = Flow(key, proto, p[P_TS])
             flow.c_mac = _mac_str(p[P_FRAME], p[P_MACOFF])
@@ -235,29 +278,42 @@ class FlowTable:
             return
         if flow.app is False:
             return
-        # Not yet recognised: keep a small copy of the first bytes of each direction and probe.
-        if flow.probe_buf is None:
-            flow.probe_buf = [bytearray(), bytearray(), []]
-        buf = flow.probe_buf[0 if from_client else 1]
-        flow.probe_buf[2].append((from_client, ts, bytes(data)))
-        if len(buf) < dispatch.PROBE_LIMIT:
-            buf += data[:dispatch.PROBE_LIMIT - len(buf)]
+        # Not yet recognised. Each direction is probed on its first bytes; a flow is given up only
+        # when both directions said no: a fuzzed A-ASSOCIATE-RQ is recognised by the PACS's
+        # A-ABORT answer, and the garbage before it is then replayed to the analyzer (and counted).
+        probe = flow.probe_buf
+        if probe is None:
+            probe = flow.probe_buf = [bytearray(), bytearray(), [], [None, None], 0]
+        bufs, pending, verdicts = probe[:2], probe[2], probe[3]
+        idx = 1 if from_client else 0
+        if flow.mid_stream:
+            # Mid-stream only the segment that matches is replayed (the analyzer resynchronises
+            # inside it), so nothing older is kept.
+            pending.clear()
+            probe[4] = 0
+        pending.append((from_client, ts, bytes(data)))
+        probe[4] += len(data)
         flow.probe_segments += 1
-        verdict = dispatch.recognise(bytes(buf), from_client)
-        if verdict is None:
-            return
-        if verdict is False:
-            if flow.mid_stream and flow.probe_segments < MAX_PROBE_SEGMENTS:
-                # Mid-stream capture: PDUs usually start on segment boundaries; try the next one.
-                flow.probe_buf = None
+        if verdicts[idx] is None:
+            buf = bufs[idx]
+            if len(buf) < dispatch.PROBE_LIMIT:
+                buf += data[:dispatch.PROBE_LIMIT - len(buf)]
+            verdict = dispatch.recognise(bytes(buf), from_client)
+            if verdict is False and flow.mid_stream and flow.probe_segments < MAX_PROBE_SEGMENTS:
+                # Mid-stream capture: look for a PDU/frame start inside this segment, else try the
+                # next segment.
+                buf.clear()
+                verdict = dispatch.recognise_inside(data)
+            if verdict is False:
+                verdicts[idx] = False
+            elif verdict is not None:
+                app, factory = verdict
+                self._attach(flow, app, factory, from_client)
                 return
-            other = flow.probe_buf[1 if from_client else 0]
-            if not other or dispatch.recognise(bytes(other), not from_client) is False:
-                flow.app = False
-                flow.probe_buf = None
-            return
-        app, factory = verdict
-        self._attach(flow, app, factory, from_client)
+        if (verdicts[0] is False and verdicts[1] is False) or probe[4] > MAX_PROBE_BYTES \
+                or flow.probe_segments >= MAX_PROBE_SEGMENTS:
+            flow.app = False
+            flow.probe_buf = None
 
     def _attach(self, flow: Flow, app: str, factory, from_client: bool) -> None:
         client, server = self._endpoints(flow)
@@ -291,6 +347,8 @@ class FlowTable:
 
     # -- ending flows ---------------------------------------------------------------------------
     def _sweep(self, now: float) -> None:
+        if self.fast is not None:
+            self.fast.merge_all()  # idle times need every flow's latest packet
         c = self.config
         self._next_sweep = now + c.sweep_every
         expired = []
@@ -311,11 +369,15 @@ class FlowTable:
             self._sweep(now)
 
     def finish(self) -> None:
+        if self.fast is not None:
+            self.fast.merge_all()  # ts_last of every flow is read below
         for flow in list(self.flows.values()):
             reason = ("rst" if flow.rst else "fin") if flow.closed_at is not None else "eof"
             self._end(flow, flow.ts_last, reason)
 
     def _end(self, flow: Flow, ts: float, reason: str) -> None:
+        if flow.fast >= 0:
+            self.fast.release(flow)  # the compiled side's counts first; it forgets the flow
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
         if flow.streams is not None:
@@ -329,16 +391,34 @@ class FlowTable:
             except Exception:
                 self.counters.add(f"analyzer.{flow.app}.close_error")
         client, server = self._endpoints(flow)
+        packets, nbytes, payload = tuple(flow.packets), tuple(flow.bytes), tuple(flow.payload)
+        if flow.mid_stream and flow.ctx is not None and flow.ctx.requestor_is_server:
+            # The analyzer learnt who opened the session; only mid-stream guesses are corrected.
+            client, server = server, client
+            packets, nbytes, payload = packets[::-1], nbytes[::-1], payload[::-1]
         self.emit(FlowRecord(
             ts_start=flow.ts_start, ts_end=flow.ts_last, proto=_proto_name(flow.proto),
-            client=client, server=server, packets=tuple(flow.packets), bytes=tuple(flow.bytes),
-            payload_bytes=tuple(flow.payload),
+            client=client, server=server, packets=packets, bytes=nbytes,
+            payload_bytes=payload,
             tcp_state=_tcp_state(flow) if flow.proto == IPPROTO_TCP else None,
             tcp_flags="".join(ch for bit, ch in _FLAG_LETTERS if flow.flags & bit),
             handshake=flow.handshake, rst=flow.rst, app=flow.app or None, close_reason=reason,
             vlan=(flow.vlan,) if flow.vlan else (),
         ))
         self.counters.add("flows.ended")
+
+
+# Ports that identify the server side of a conversation seen without its SYN: imaging and HL7
+# services (DESIGN §4) and the background services of a hospital LAN. Below 1024 counts too.
+SERVICE_PORTS = frozenset((104, 11112, 4242, 2761, 2762, 2575, 2576, 2577, 6661, 6662, 8080, 8443,
+                           3389, 5900, 1433, 3306, 5432))
+
+
+def _looks_like_server_port(sport: int, dport: int) -> bool:
+    """True when ``sport`` is a service port and ``dport`` is not (no SYN seen to tell)."""
+    s_service = sport in SERVICE_PORTS or 0 < sport < 1024
+    d_service = dport in SERVICE_PORTS or 0 < dport < 1024
+    return s_service and not d_service
 
 
 def _proto_name(proto: int) -> str:

@@ -43,6 +43,9 @@ class FlowContext:
     emit: Callable[[Event], None]
     counters: Counters
     mid_stream: bool = False  # no SYN seen: the capture started inside the connection
+    # Set by an analyzer of a mid-stream flow that learnt from the protocol that the flow layer's
+    # guess was wrong (the side it calls server is the one that opened the session).
+    requestor_is_server: bool = False
     weird_emitted: int = 0
 
     def weird(self, ts: float, name: str, detail: str = "") -> None:

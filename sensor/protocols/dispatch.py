@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from sensor.protocols.base import FlowContext, StreamAnalyzer
+from sensor.protocols.dicom import pdu as dicom_pdu
 from sensor.protocols.dicom.analyzer import DicomAnalyzer, looks_like_dicom
 from sensor.protocols.hl7.analyzer import Hl7Analyzer, looks_like_hl7
 
@@ -37,3 +38,24 @@ def recognise(first: bytes, from_client: bool) -> tuple[str, Callable[[FlowConte
     if undecided and len(first) < PROBE_LIMIT:
         return None
     return False
+
+
+# How much of a mid-stream segment is searched for a protocol header.
+INSIDE_LIMIT = 1 << 16
+_MID_STREAM_DICOM_PDUS = (dicom_pdu.P_DATA_TF, 0x05, 0x06, 0x07)
+
+
+def recognise_inside(data) -> tuple[str, Callable[[FlowContext], StreamAnalyzer]] | None:
+    """For a capture that began inside a connection: a protocol unit starting anywhere in ``data``.
+
+    DICOM: a P-DATA-TF (its PDV headers checked, or the next one too) or an exact-length
+    A-RELEASE/A-ABORT, found by the analyzer's own resync scan. HL7: an MLLP start block followed
+    by ``MSH``. None (undecided: try the next segment) otherwise.
+    """
+    head = bytes(data[:INSIDE_LIMIT])
+    if b"\x0bMSH" in head:
+        return "hl7", ANALYZERS[1][2]
+    verdict, offset = dicom_pdu.scan_for_pdu(head)
+    if verdict == dicom_pdu.FOUND and head[offset] in _MID_STREAM_DICOM_PDUS:
+        return "dicom", ANALYZERS[0][2]
+    return None

@@ -152,6 +152,13 @@ def _base_cmd(pcap: str, dicom_ports: Iterable[int], hl7_ports: Iterable[int], h
     return cmd
 
 
+_AE_FIELDS = frozenset(("dicom.assoc.ae.calling", "dicom.assoc.ae.called"))
+
+
+def _printable_ae(raw: bytes) -> str:
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in raw.strip(b" \x00"))
+
+
 # Pass 1 (-T fields, every DICOM/HL7 frame): addresses, stream, PDU types, PDV lengths and flags.
 # These lists are one entry per PDU / per PDV, so they align without needing document order.
 _PASS1_FIELDS = ("frame.number", "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst",
@@ -198,6 +205,11 @@ def _pass2(base: list[str], frames: dict[int, _Frame]):
                 name = f.get("name", "")
                 if name == "num" and num is None:
                     num = int(f.get("show", "0"))
+                elif name in _AE_FIELDS and f.get("value"):
+                    # Compare the raw bytes tshark saw, rendered by the decoder's documented rule
+                    # (non-printables -> '?'): tshark's own rendering of a fuzzed AE title uses
+                    # escapes and U+FFFD that cannot be mapped back.
+                    fields.append((name, _printable_ae(bytes.fromhex(f.get("value")))))
                 elif name.startswith(("dicom.", "hl7.")):
                     fields.append((name, f.get("show", "")))
             elem.clear()

@@ -137,6 +137,7 @@ class _Assoc:
         "reject",
         "released",
         "req_from_client",
+        "role_known",
         "rq",
         "sop_classes",
         "statuses",
@@ -155,6 +156,8 @@ class _Assoc:
         self.abort: dict | None = None
         self.released = False
         self.mid_stream = mid_stream
+        # Without the A-ASSOCIATE exchange, the first DIMSE command tells who the requestor is.
+        self.role_known = not mid_stream
         self.pdu_counts: dict[str, int] = {}
         self.dimse: dict[str, int] = {}
         self.statuses: dict[str, int] = {}
@@ -343,6 +346,12 @@ class DicomAnalyzer:
                     d.rbuf = bytearray(src[at + 1 : at + 6])
                     hb.clear()
                     self._weird(ts, bad, "%d %d" % (t, length))
+                    if st == S_HDR and t == P.A_ASSOCIATE_RQ and self._assoc is None and not self._ended_any \
+                            and not self.ctx.mid_stream:
+                        # A malformed A-ASSOCIATE-RQ opening the connection (a fuzzer's) still
+                        # opens an association record: what the peer answers (an abort) belongs to it.
+                        a = self._start(ts, d.from_client, False)
+                        _inc(a.pdu_counts, PDU_NAMES[t])
                     self._abandon(d, ts, keep_rbuf=True)
                     continue
                 hb.clear()
@@ -518,6 +527,8 @@ class DicomAnalyzer:
                 return
         if a is None:
             return
+        if not a.role_known:
+            self._infer_roles(a, d, cmd)
         _inc(a.dimse, cmd.key)
         if cmd.is_response:
             status = cmd.status
@@ -598,6 +609,23 @@ class DicomAnalyzer:
         if d.msg_final and d.msg is not None:
             self._emit_msg(d.msg)
         d.msg, d.msg_final, d.ident = None, False, None
+
+    def _infer_roles(self, a: _Assoc, d: _Dir, cmd: Command) -> None:
+        """Mid-stream: requests come from the requestor, responses from the acceptor.
+
+        C-STORE and N-EVENT-REPORT requests can also come from the acceptor (C-GET sub-operations,
+        storage-commitment reports); they are taken as the requestor's, which is by far the usual
+        case, until a command that only a requestor sends says otherwise.
+        """
+        weak = cmd.name in ("C-STORE", "N-EVENT-REPORT")
+        sender_is_requestor = not cmd.is_response
+        req_from_client = d.from_client if sender_is_requestor else not d.from_client
+        if req_from_client != a.req_from_client:
+            a.req_from_client = req_from_client
+            a.bytes.reverse()
+        self.ctx.requestor_is_server = not req_from_client
+        if not weak:
+            a.role_known = True
 
     # ---- lifecycle -----------------------------------------------------------------------
 
