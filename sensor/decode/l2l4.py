@@ -19,32 +19,23 @@ from __future__ import annotations
 import struct
 
 from sensor import _fast
+from sensor.capture import linktypes
+from sensor.capture.linktypes import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+)
 from sensor.events import Counters
 
-# Link types (LINKTYPE_* from libpcap's registry).
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-LINKTYPE_NULL = 0
-LINKTYPE_LOOP = 108
-# DLT_RAW as written by some older BSD/OpenBSD libpcap builds.
+# One registry of link types for readers and decoder (capture/linktypes.py); DLT_RAW's 12/14
+# leak into files from some platforms and decode as raw IP.
 LINKTYPE_RAW_ALIASES = (12, 14)
-
-SUPPORTED_LINKTYPES = {
-    LINKTYPE_ETHERNET: "Ethernet",
-    LINKTYPE_LINUX_SLL: "Linux cooked v1",
-    LINKTYPE_LINUX_SLL2: "Linux cooked v2",
-    LINKTYPE_RAW: "raw IP",
-    LINKTYPE_IPV4: "raw IPv4",
-    LINKTYPE_IPV6: "raw IPv6",
-    LINKTYPE_NULL: "BSD loopback",
-    LINKTYPE_LOOP: "OpenBSD loopback",
-    12: "raw IP",
-    14: "raw IP",
-}
+SUPPORTED_LINKTYPES = {**linktypes.SUPPORTED, **{a: "raw IP" for a in LINKTYPE_RAW_ALIASES}}
 
 (P_TS, P_PROTO, P_SRC, P_SPORT, P_DST, P_DPORT, P_FLAGS, P_SEQ, P_ACK, P_PAYLOAD, P_IPLEN, P_FRAME,
  P_MACOFF, P_VLAN, P_MISSING) = range(15)
