@@ -32,3 +32,9 @@ class PacketBatch:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def captured_bytes(self) -> int:
+        return sum(len(f) for f in self.frames)
+
+    def last_ts(self) -> float:
+        return self.ts[-1]

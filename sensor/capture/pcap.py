@@ -115,6 +115,9 @@ class PcapBlock(PacketBatch):
     def wirelen(self) -> list[int]:  # type: ignore[override]
         return self._columns()[2]
 
+    def captured_bytes(self) -> int:
+        return self.nbytes
+
     def __len__(self) -> int:
         return self.count
 

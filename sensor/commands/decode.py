@@ -42,9 +42,9 @@ def decode(captures: tuple[str, ...], logs_dir: str | None, progress: bool | Non
 
             def on_batch(batch) -> None:
                 nonlocal packets
-                packets += len(batch.frames)
-                bar.update(task, advance=sum(len(f) for f in batch.frames) + 16 * len(batch.frames),
-                           pk=packets)
+                n = len(batch)  # never batch.frames: a compiled-path block builds them on access
+                packets += n
+                bar.update(task, advance=batch.captured_bytes() + 16 * n, pk=packets)
 
             for event in iter_events(captures, counters=counters, on_batch=on_batch,
                                      warnings=warnings):
