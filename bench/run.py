@@ -119,7 +119,7 @@ def tshark_row(path: Path, meta: dict, full: Path) -> Row:
 
 def detect_model() -> tuple[Path | None, str]:
     """Train (once) the baseline model the detect row scores with; (path, "") or (None, reason)."""
-    model = OUT / "model.skops"
+    model = OUT / "model.rsm"
     if model.exists():
         return model, ""
     files = training_captures()

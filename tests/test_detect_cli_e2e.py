@@ -30,7 +30,7 @@ def test_train_detect_evaluate_on_samples(tmp_path):
     assert "training report" in out.output and "threshold" in out.output
 
     info = r.invoke(model, ["info", str(m)], env=WIDE)
-    assert info.exit_code == 0 and "radsensor.model v1" in info.output and "pacs" in info.output
+    assert info.exit_code == 0 and "radsensor.model v2" in info.output and "pacs" in info.output
 
     alerts = tmp_path / "alerts.jsonl"
     out = r.invoke(detect, [str(PCAPS / "attack-day.pcap"), "-m", str(m), "--alerts", str(alerts), "--format", "cef"])

@@ -101,7 +101,7 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path, kind):
     assert np.array_equal(back.model.anomaly_score(X, k, g), art.model.anomaly_score(X, k, g))
     assert back.threshold == art.threshold and back.window == art.window and back.kind == kind
     with zipfile.ZipFile(path) as z:
-        assert sorted(z.namelist()) == ["forest.skops", "inventory.json", "manifest.json", "stats.npz"]
+        assert sorted(z.namelist()) == ["forest.npz", "inventory.json", "manifest.json", "stats.npz"]
 
 
 def _rewrite_manifest(path, out, fn):
@@ -132,9 +132,9 @@ def test_incompatible_versions_and_damage_are_clear_errors(tmp_path):
     _rewrite_manifest(tmp_path / "m.rsm", tmp_path / "v9.rsm", lambda m: m.update(format_version=9))
     with pytest.raises(ModelError, match="format version 9"):
         ModelArtifact.load(tmp_path / "v9.rsm")
+    # sklearn is not used to score any more: a model trained under another version loads.
     _rewrite_manifest(tmp_path / "m.rsm", tmp_path / "sk.rsm", lambda m: m["versions"].update(sklearn="0.1.0"))
-    with pytest.raises(ModelError, match="scikit-learn 0.1.0"):
-        ModelArtifact.load(tmp_path / "sk.rsm")
+    assert ModelArtifact.load(tmp_path / "sk.rsm").model.feature_names == art.model.feature_names
     (tmp_path / "junk.rsm").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match="not a radsensor model"):
         ModelArtifact.load(tmp_path / "junk.rsm")

@@ -7,7 +7,7 @@ documents every key.
 
 Example::
 
-    >>> cfg = parse_config({"capture": {"interfaces": ["eth1"]}, "detect": {"model": "m.skops"}})
+    >>> cfg = parse_config({"capture": {"interfaces": ["eth1"]}, "detect": {"model": "m.rsm"}})
     >>> cfg.capture.buffer_size
     67108864
     >>> parse_config({"capture": {"snaplen": "big"}})

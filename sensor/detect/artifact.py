@@ -7,12 +7,15 @@ Members:
   library versions, SHA-256 of every other member.
 * ``inventory.json`` – the baseline inventory (plain JSON, readable by ``model info``).
 * ``stats.npz``     – normalisation statistics (loaded with ``allow_pickle=False``).
-* ``forest.skops``  – the fitted sklearn ``IsolationForest`` via skops, loading only an allowlist
-  of sklearn types (never arbitrary pickles).
+* ``forest.npz``    – the isolation forest exported to plain arrays (:class:`NumpyForest`: node
+  tables, thresholds, per-leaf path lengths; ``allow_pickle=False``). Training fits sklearn's
+  ``IsolationForest``; detection scores these arrays with NumPy and never imports sklearn, scipy
+  or skops (together ~200 MB RSS and ~1 s of start-up). The manifest still records the
+  scikit-learn version that trained the forest, for provenance only.
 
-Loading checks, with one clear message each: the format version, the feature names against the
-running registry (a model built with other features cannot be scored), and the scikit-learn
-major.minor version the forest was saved with.
+Loading checks, with one clear message each: the format version (format 1 held a skops pickle of
+the sklearn forest; such models must be retrained), the feature names against the running
+registry (a model built with other features cannot be scored), and the forest arrays' shapes.
 
 Example::
 
@@ -32,16 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sklearn
-import skops
-import skops.io as sio
 
 import sensor
 from sensor.detect.inventory import Inventory
 from sensor.detect.model import (
+    SUMMARY_COLUMNS,
     DeviceNormalizer,
     IdentityNormalizer,
     IsolationForestAdapter,
+    NumpyForest,
     Stats,
     WindowModel,
 )
@@ -50,9 +52,7 @@ from sensor.features.registry import FEATURE_NAMES, FLOW_FEATURE_NAMES
 from sensor.features.windows import WindowConfig
 
 FORMAT = "radsensor.model"
-FORMAT_VERSION = 1
-# The only non-default type a fitted IsolationForest needs; anything else in the file is refused.
-_TRUSTED_SKOPS = frozenset({"sklearn.tree._tree.Tree"})
+FORMAT_VERSION = 2  # 2: forest as NumPy arrays (forest.npz); 1 was a skops-pickled sklearn forest
 
 
 class ModelError(Exception):
@@ -79,7 +79,9 @@ class ModelArtifact:
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         members["stats.npz"] = buf.getvalue()
-        members["forest.skops"] = sio.dumps(self.model.scorer_.forest_)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self.model.scorer_.trees_.to_arrays())
+        members["forest.npz"] = buf.getvalue()
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -120,16 +122,9 @@ class ModelArtifact:
                     f"(missing {len(missing)}: {', '.join(missing[:5]) or '-'}; "
                     f"unknown {len(extra)}: {', '.join(extra[:5]) or '-'}"
                     f"{'; order differs' if not missing and not extra else ''}); retrain with `radsensor train`")
-        saved = manifest["versions"].get("sklearn", "")
-        if saved.split(".")[:2] != sklearn.__version__.split(".")[:2]:
-            raise ModelError(f"{os.fspath(path)}: forest saved with scikit-learn {saved}, this is "
-                             f"{sklearn.__version__}; retrain with `radsensor train`")
-        untrusted = set(sio.get_untrusted_types(data=members["forest.skops"]))
-        if not untrusted <= _TRUSTED_SKOPS:
-            raise ModelError(f"{os.fspath(path)}: forest.skops holds unexpected types "
-                             f"{sorted(untrusted - _TRUSTED_SKOPS)}; refusing to load")
         try:
-            forest = sio.loads(members["forest.skops"], trusted=sorted(untrusted))
+            with np.load(io.BytesIO(members["forest.npz"]), allow_pickle=False) as npz:
+                forest = {k: npz[k] for k in NumpyForest.ARRAYS}
             with np.load(io.BytesIO(members["stats.npz"]), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             inventory = Inventory.from_dict(json.loads(members["inventory.json"]))
@@ -139,9 +134,14 @@ class ModelArtifact:
         model = WindowModel(names, kind, p["n_estimators"], p["max_samples"], p["min_windows"],
                             p["scale_floor"], p["random_state"], p["deviation_ref"])
         model.normalizer_ = _stats_from_arrays(names, kind, p, manifest["stats"], arrays)
-        adapter = IsolationForestAdapter(p["n_estimators"], p["max_samples"], random_state=p["random_state"])
-        adapter.forest_ = forest
-        adapter.n_features_in_ = int(forest.n_features_in_)
+        try:
+            adapter = IsolationForestAdapter(p["n_estimators"], p["max_samples"],
+                                             random_state=p["random_state"]).set_trees(forest)
+        except (ValueError, KeyError, IndexError):
+            raise ModelError(f"{os.fspath(path)}: damaged model file (forest arrays)") from None
+        if adapter.n_features_in_ != len(names) + (len(SUMMARY_COLUMNS) if kind == "baseline" else 0):
+            raise ModelError(f"{os.fspath(path)}: damaged model file (forest expects "
+                             f"{adapter.n_features_in_} inputs)")
         model.scorer_ = adapter
         w = manifest["window"]
         return cls(model, Threshold.from_dict(manifest["threshold"]), inventory,
@@ -176,8 +176,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Library versions recorded at save time (training: sklearn is already loaded there)."""
+    import sklearn  # provenance only; never imported on the detection path
+
     return {"radsensor": sensor.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
-            "skops": skops.__version__, "python": platform.python_version()}
+            "python": platform.python_version()}
 
 
 def _stats_to_arrays(norm) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
 from sensor.features.registry import FEATURES_BY_NAME, apply_transform
 
@@ -63,7 +62,7 @@ class DeviceNormalizer:
     >>> import numpy as np
     >>> X = np.tile([[1.0, 0.0]], (40, 1)); keys = ["a"] * 40
     >>> n = DeviceNormalizer(("dimse.c_find_rq", "time.hour_sin")).fit(X, keys, ["ws"] * 40)
-    >>> n.transform(np.array([[1.0, 0.0]]), ["a"], ["ws"])[0, 0]
+    >>> float(n.transform(np.array([[1.0, 0.0]]), ["a"], ["ws"])[0, 0])
     0.0
     """
 
@@ -165,11 +164,170 @@ class IdentityNormalizer:
         return apply_transform(np.asarray(X, dtype=np.float64), self.feature_names)
 
 
+class NumpyForest:
+    """A fitted isolation forest as flat NumPy arrays, scored without scikit-learn.
+
+    Why: importing sklearn (+scipy) costs ~200 MB RSS and ~1 s, more than the whole sensor; the
+    scoring walk of an isolation forest is a few array lookups. All trees live in one node table
+    (``left``/``right`` are global node indices, leaves point to themselves), so scoring walks every
+    (tree, row) pair one level per step: ``max_depth`` vector steps instead of a Python loop per row.
+
+    Mirrors ``IsolationForest.score_samples`` (sklearn ≥ 1.3) exactly: inputs are cast to float32
+    (sklearn validates with ``dtype=np.float32``), a NaN follows ``missing_go_to_left``, otherwise
+    ``x <= threshold`` goes left; per tree the leaf adds ``depth + c(n_node_samples) - 1`` (``leaf``),
+    summed over trees in order, and the score is ``2 ** (-sum / (n_trees * c(max_samples)))``.
+    Feature indices are already mapped through ``estimators_features_`` when trees saw a subset.
+
+    >>> f = NumpyForest.from_arrays(NumpyForest.stump())      # one split on feature 0 at 0.5
+    >>> f.anomaly_score(np.array([[0.0], [1.0], [np.nan]])).tolist()
+    [0.5, 0.5, 0.5]
+    """
+
+    ARRAYS = ("children_left", "children_right", "feature", "threshold", "missing_go_to_left", "leaf",
+              "tree_offsets", "meta")
+    _CHUNK_ROWS = 512  # (trees × rows) index arrays of ~0.8 MB stay in cache; bounds memory too
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> NumpyForest:
+        """Build from the stored arrays (tree-local child indices, sklearn's -1 for leaves); checks shapes."""
+        self = cls()
+        offsets = np.asarray(a["tree_offsets"], dtype=np.int64)
+        left = np.asarray(a["children_left"], dtype=np.int64)
+        right = np.asarray(a["children_right"], dtype=np.int64)
+        feature = np.asarray(a["feature"], dtype=np.int64)
+        n_nodes = offsets[-1] if offsets.size else 0
+        meta = np.asarray(a["meta"], dtype=np.float64)
+        if (offsets.ndim != 1 or offsets.size < 2 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0)
+                or meta.shape != (4,)
+                or any(np.asarray(a[k]).shape != (n_nodes,) for k in cls.ARRAYS[:6])):
+            raise ValueError("inconsistent forest arrays")
+        self.n_features_in_ = int(meta[0])
+        self.max_samples_ = int(meta[1])
+        self.c_max_samples_ = float(meta[2])  # sklearn's own c(max_samples), stored at export
+        self.offset_ = float(meta[3])
+        self.n_trees_ = offsets.size - 1
+        tree_of = np.repeat(np.arange(self.n_trees_), np.diff(offsets))
+        is_leaf = left == -1
+        if np.any(is_leaf != (right == -1)) or np.any(feature[~is_leaf] < 0) or \
+                np.any(feature[~is_leaf] >= self.n_features_in_):
+            raise ValueError("inconsistent forest arrays")
+        base = offsets[tree_of]
+        nodes = np.arange(n_nodes)
+        self.left_ = np.where(is_leaf, nodes, left + base)
+        self.right_ = np.where(is_leaf, nodes, right + base)
+        # A tree: children inside their own tree, after their parent (sklearn's node order), and
+        # every node the child of at most one parent, so the walk below always ends.
+        kids = np.concatenate([self.left_[~is_leaf], self.right_[~is_leaf]])
+        if (np.any(self.left_ >= offsets[tree_of + 1]) or np.any(self.right_ >= offsets[tree_of + 1])
+                or np.any(self.left_[~is_leaf] <= nodes[~is_leaf]) or np.any(self.right_[~is_leaf] <= nodes[~is_leaf])
+                or np.any(np.bincount(kids, minlength=n_nodes) > 1)):
+            raise ValueError("inconsistent forest arrays")
+        self.feature_ = np.where(is_leaf, 0, feature).astype(np.intp)
+        # child_[2 * node + go_right]: one gather per level instead of two and a select
+        self.child_ = np.column_stack([self.left_, self.right_]).astype(np.intp).ravel()
+        self.threshold_ = np.asarray(a["threshold"], dtype=np.float64)
+        self.nan_left_ = np.asarray(a["missing_go_to_left"], dtype=bool)
+        self.leaf_ = np.asarray(a["leaf"], dtype=np.float64)
+        self.roots_ = offsets[:-1].astype(np.intp)
+        # Longest root-to-leaf path, so the walk knows when every pair has reached a leaf.
+        level, self.max_depth_ = self.roots_, 0
+        while True:
+            level = level[~is_leaf[level]]
+            if level.size == 0:
+                break
+            self.max_depth_ += 1
+            level = np.concatenate([self.left_[level], self.right_[level]])
+        self.arrays_ = {k: np.asarray(a[k]) for k in cls.ARRAYS}
+        return self
+
+    @staticmethod
+    def from_sklearn(forest) -> dict[str, np.ndarray]:
+        """Export a fitted ``sklearn.ensemble.IsolationForest`` (training side only) to plain arrays."""
+        from sklearn.ensemble._iforest import _average_path_length  # only ever called where sklearn is loaded
+
+        subset = forest._max_features != forest.n_features_in_  # the condition score_samples uses
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in NumpyForest.ARRAYS[:6]}
+        sizes = []
+        for t, (est, feats) in enumerate(zip(forest.estimators_, forest.estimators_features_)):
+            tree = est.tree_
+            feat = tree.feature.astype(np.int64)
+            if subset:
+                feat = np.where(tree.children_left == -1, feat, np.asarray(feats)[np.maximum(feat, 0)])
+            parts["children_left"].append(tree.children_left.astype(np.int64))
+            parts["children_right"].append(tree.children_right.astype(np.int64))
+            parts["feature"].append(feat)
+            parts["threshold"].append(tree.threshold.astype(np.float64))
+            parts["missing_go_to_left"].append(np.asarray(tree.missing_go_to_left, dtype=bool))
+            # Same expression and order as sklearn's _parallel_compute_tree_depths.
+            parts["leaf"].append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
+            sizes.append(tree.node_count)
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out["tree_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        out["meta"] = np.array([forest.n_features_in_, forest._max_samples,
+                                float(_average_path_length([forest._max_samples])[0]), forest.offset_],
+                               dtype=np.float64)
+        return out
+
+    @staticmethod
+    def stump() -> dict[str, np.ndarray]:
+        """A one-split, one-tree forest (for docs and tests)."""
+        return {"children_left": np.array([1, -1, -1]), "children_right": np.array([2, -1, -1]),
+                "feature": np.array([0, -2, -2]), "threshold": np.array([0.5, -2.0, -2.0]),
+                "missing_go_to_left": np.zeros(3, dtype=bool), "leaf": np.array([0.0, 1.0, 1.0]),
+                "tree_offsets": np.array([0, 3]), "meta": np.array([1.0, 2.0, 1.0, -0.5])}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The stored form (what :meth:`from_arrays` was given), for the model file."""
+        return self.arrays_
+
+    def path_sums(self, X: np.ndarray) -> np.ndarray:
+        """Sum over trees of each row's path length (sklearn's ``depths``)."""
+        X32 = np.asarray(X, dtype=np.float32)  # sklearn scores float32 inputs
+        n, d = X32.shape
+        flat = X32.ravel()
+        has_nan = bool(np.isnan(flat).any())  # the NaN rule costs a pass per level; skip it when moot
+        total = np.zeros(n)
+        for lo in range(0, n, self._CHUNK_ROWS):
+            m = min(n, lo + self._CHUNK_ROWS) - lo
+            row_base = np.tile(np.arange(lo, lo + m, dtype=np.intp) * d, self.n_trees_)
+            node = np.repeat(self.roots_, m)  # tree-major: (tree t, row r) at t * m + r
+            for _ in range(self.max_depth_):
+                # the float32 value against the float64 threshold, as sklearn's Cython compares them
+                x = np.take(flat, row_base + np.take(self.feature_, node))
+                go_right = x > np.take(self.threshold_, node)
+                if has_nan:
+                    go_right = np.where(np.isnan(x), ~np.take(self.nan_left_, node), go_right)
+                node = np.take(self.child_, 2 * node + go_right)
+            vals = np.take(self.leaf_, node).reshape(self.n_trees_, m)
+            acc = total[lo:lo + m]
+            for t in range(self.n_trees_):  # tree by tree, the order sklearn accumulates in
+                acc += vals[t]
+        return total
+
+    def anomaly_score(self, X: np.ndarray) -> np.ndarray:
+        """The paper's s(x, n) = 2^(−E[h(x)]/c(n)): ``-IsolationForest.score_samples(X)``."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} model inputs, got {X.shape}")
+        depths = self.path_sums(X)
+        denominator = self.n_trees_ * self.c_max_samples_
+        # For a single training sample, denominator and depth are 0: sklearn sets the score to 1.
+        return 2 ** (-np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """``IsolationForest.decision_function``: ``score_samples - offset_`` (negative = outlier)."""
+        return -self.anomaly_score(X) - self.offset_
+
+
 class IsolationForestAdapter:
     """sklearn's IsolationForest with the sign made explicit: ``anomaly_score`` in (0, 1], higher worse.
 
     sklearn's ``score_samples`` returns the *opposite* of the paper's anomaly score s(x, n) =
     2^(−E[h(x)]/c(n)); this adapter flips it back, once, here. ~0.5 is unremarkable, → 1 isolated.
+
+    ``fit`` trains sklearn's forest (``forest_``, only in the training process) and exports it at
+    once to :class:`NumpyForest` (``trees_``); scoring always uses ``trees_``, so training
+    calibration and detection compute the same numbers and detection never imports sklearn.
     """
 
     def __init__(self, n_estimators: int = 200, max_samples: int | str = 256, max_features: float = 1.0,
@@ -181,19 +339,28 @@ class IsolationForestAdapter:
         self.n_jobs = n_jobs
 
     def fit(self, Z: np.ndarray) -> IsolationForestAdapter:
+        # Imported here, not at module level: detection loads this module and must not pay for sklearn.
+        from sklearn.ensemble import IsolationForest
+
         Z = np.asarray(Z, dtype=np.float64)
         max_samples = min(self.max_samples, Z.shape[0]) if isinstance(self.max_samples, int) else self.max_samples
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=max_samples,
                                        max_features=self.max_features, random_state=self.random_state,
                                        n_jobs=self.n_jobs).fit(Z)
-        self.n_features_in_ = Z.shape[1]
+        self.set_trees(NumpyForest.from_sklearn(self.forest_))
+        return self
+
+    def set_trees(self, arrays: dict[str, np.ndarray]) -> IsolationForestAdapter:
+        """Install an exported forest (``fit`` and model loading both come through here)."""
+        self.trees_ = NumpyForest.from_arrays(arrays)
+        self.n_features_in_ = self.trees_.n_features_in_
         return self
 
     def anomaly_score(self, Z: np.ndarray) -> np.ndarray:
         Z = np.asarray(Z, dtype=np.float64)
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(f"expected {self.n_features_in_} model inputs, got {Z.shape[1]}")
-        return -self.forest_.score_samples(Z)
+        return self.trees_.anomaly_score(Z)
 
 
 class WindowModel:
