@@ -17,17 +17,27 @@ Example::
 
 from __future__ import annotations
 
+import struct
+
 from sensor.events import DicomAssociation, DimseMessage, PresentationContext
 from sensor.protocols.base import FlowContext
 from sensor.protocols.dicom import pdu as P
 from sensor.protocols.dicom.association import AssociateInfo, parse_abort, parse_associate, parse_reject
-from sensor.protocols.dicom.dimse import IDENTIFIER_COMMANDS, MAX_COMMAND_LEN, PENDING, Command, parse_command
+from sensor.protocols.dicom.dimse import IDENTIFIER_COMMANDS, MAX_COMMAND_LEN, NO_DATASET, PENDING, Command, parse_command
 from sensor.protocols.dicom.identifiers import MAX_IDENTIFIER_LEN, is_explicit, scan_identifier
 
 PDU_HEADER_UNPACK = P.PDU_HEADER.unpack_from
 PDV_HEADER_UNPACK = P.PDV_HEADER.unpack_from
+# A P-DATA-TF header directly followed by its first PDV header, decoded in one call: the common
+# case on bulk transfers (one PDV per PDU), so Python walks 12 header bytes in one step.
+PDATA_PDV_UNPACK = struct.Struct(">BBIIBB").unpack_from
 PDU_NAMES = P.PDU_NAMES
 P_DATA_TF = P.P_DATA_TF
+P_DATA_NAME = PDU_NAMES[P_DATA_TF]
+MIN_PDATA_LEN = P.MIN_PDATA_LEN
+MAX_PDATA_LEN = P.MAX_PDATA_LEN
+_UNKNOWN_NAMES = ("UNKNOWN", "UNKNOWN-RQ", False)  # a Command without command field (never counted)
+_NO_SUB_OPS = (None, None, None, None)
 
 # Largest non-P-DATA PDU body we copy; bigger ones are counted and skipped.
 MAX_BODY = 1 << 17
@@ -99,10 +109,10 @@ class _Msg:
         "wildcard_keys",
     )
 
-    def __init__(self, ts: float, cmd: Command, requested_by: str) -> None:
+    def __init__(self, ts: float, cmd: Command, requested_by: str, name: str) -> None:
         self.ts = ts
         self.ts_response: float | None = None
-        self.command = cmd.name
+        self.command = name
         self.requested_by = requested_by
         self.sop_class = cmd.sop_class
         self.message_id = cmd.message_id
@@ -244,15 +254,35 @@ class DicomAnalyzer:
     # ---- public contract -----------------------------------------------------------------
 
     def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
+        # Called once per PDU boundary on bulk traffic: _settle and _grant are inlined here.
         d = self._dirs[from_client]
+        granted, credit = self._granted, self.skip_credit
         try:
-            if self._granted[from_client]:
-                self._settle(d, from_client)
+            g = granted[from_client]
+            if g:
+                used = g - credit[from_client]
+                granted[from_client] = credit[from_client] = 0
+                if used:
+                    d.pdv_left -= used
+                    # _count_dataset, inlined
+                    a = self._assoc
+                    if a is not None:
+                        a.dataset_bytes += used
+                    msg = d.msg
+                    if msg is not None:
+                        if d.msg_rsp:
+                            msg.rsp_ds += used
+                        else:
+                            msg.ds += used
             self._feed(d, ts, chunk)
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
             self._abandon(d, ts)
-        self._grant(d, from_client)
+        # As _grant: all of a plain data-set fragment but its last byte.
+        left = d.pdv_left
+        granted[from_client] = credit[from_client] = (
+            left - 1 if left > 1 and d.state == S_PDV_DATA and d.ident is None else 0
+        )
 
     def _settle(self, d: _Dir, from_client: bool) -> None:
         """Account for the data-set bytes the flow layer consumed on our behalf."""
@@ -312,7 +342,10 @@ class DicomAnalyzer:
         while pos < n:
             st = d.state
             if st == S_PDV_DATA:
-                take = min(d.pdv_left, n - pos)
+                left = d.pdv_left
+                take = n - pos
+                if left < take:
+                    take = left
                 if d.ident is not None:
                     if len(d.ident) + take <= MAX_IDENTIFIER_LEN:
                         d.ident += mv[pos : pos + take]
@@ -320,11 +353,88 @@ class DicomAnalyzer:
                         d.ident = None
                         self._weird(ts, "oversize_identifier")
                 pos += take
-                d.pdv_left -= take
-                self._count_dataset(d, take)
-                if d.pdv_left == 0:
-                    self._pdv_end(d, ts)
-            elif st == S_HDR or st == S_PDV_HDR:
+                left -= take
+                d.pdv_left = left
+                # _count_dataset, inlined
+                a = self._assoc
+                if a is not None:
+                    a.dataset_bytes += take
+                msg = d.msg
+                if msg is not None:
+                    if d.msg_rsp:
+                        msg.rsp_ds += take
+                    else:
+                        msg.ds += take
+                if left == 0:
+                    rem = d.remaining
+                    if d.pdv_last or 0 < rem < 6:
+                        self._pdv_end(d, ts)
+                    else:  # a middle fragment ends: _pdv_end's state change only
+                        d.state = S_HDR if rem == 0 else S_PDV_HDR
+                continue
+            if st == S_HDR and n - pos >= 12 and not d.hbuf:
+                # Fast path: P-DATA-TF header + first PDV header, both sane (no weird to count),
+                # in an association. Same effect as _pdu_header followed by _pdv_header.
+                t, r, plen, vlen, ctx_id, control = PDATA_PDV_UNPACK(mv, pos)
+                a = self._assoc
+                if (
+                    t == P_DATA_TF
+                    and r == 0
+                    and a is not None
+                    and MIN_PDATA_LEN <= plen <= MAX_PDATA_LEN
+                    and 2 <= vlen <= plen - 4
+                    and ctx_id & 1
+                    and control <= 3
+                ):
+                    pos += 12
+                    counts = a.pdu_counts
+                    counts[P_DATA_NAME] = counts.get(P_DATA_NAME, 0) + 1
+                    a.bytes[d.from_client != a.req_from_client] += 6 + plen
+                    d.pdu_type = P_DATA_TF
+                    rem = plen - 4 - vlen
+                    left = vlen - 2
+                    if control & 1:
+                        if control == 3 and d.cmd is None and 0 < left <= n - pos and left <= MAX_COMMAND_LEN \
+                                and (rem == 0 or rem >= 6):
+                            # A whole one-fragment command set in this chunk: decode it from here.
+                            a.pdv_fragments += 1
+                            d.remaining = rem
+                            d.pdv_left = 0
+                            d.pdv_ctx = ctx_id
+                            d.pdv_last = d.pdv_cmd = True
+                            d.cmd_over = False
+                            d.state = S_HDR if rem == 0 else S_PDV_HDR
+                            start = pos
+                            pos += left
+                            self._command(d, ts, parse_command(bytes(mv[start:pos])))
+                            continue
+                    elif left and d.cmd is None:
+                        a.pdv_fragments += 1
+                        d.remaining = rem
+                        d.pdv_ctx = ctx_id
+                        d.pdv_last = control == 2
+                        d.pdv_cmd = False
+                        d.state = S_PDV_DATA
+                        take = n - pos
+                        if left > take and d.ident is None:
+                            # The chunk ends inside this data fragment (the usual case: the rest
+                            # goes by skip credit). Count its bytes now, as the S_PDV_DATA branch would.
+                            d.pdv_left = left - take
+                            pos = n
+                            a.dataset_bytes += take
+                            msg = d.msg
+                            if msg is not None:
+                                if d.msg_rsp:
+                                    msg.rsp_ds += take
+                                else:
+                                    msg.ds += take
+                        else:
+                            d.pdv_left = left
+                        continue
+                    d.remaining = plen
+                    self._pdv_header(d, ts, vlen, ctx_id, control)
+                    continue
+            if st == S_HDR or st == S_PDV_HDR:
                 hb = d.hbuf
                 if not hb and n - pos >= 6:
                     src, at = mv, pos
@@ -520,7 +630,9 @@ class DicomAnalyzer:
 
     def _command(self, d: _Dir, ts: float, cmd: Command) -> None:
         a = self._assoc
-        self._flush_dir_msg(d)
+        if d.msg_final and d.msg is not None:  # _flush_dir_msg, inlined
+            self._emit_msg(d.msg)
+        d.msg, d.msg_final, d.ident = None, False, None
         if cmd.error is not None:
             self._weird(ts, cmd.error)
             if cmd.command_field is None:
@@ -529,12 +641,18 @@ class DicomAnalyzer:
             return
         if not a.role_known:
             self._infer_roles(a, d, cmd)
-        _inc(a.dimse, cmd.key)
-        if cmd.is_response:
+        name, key, is_response = cmd.names() or _UNKNOWN_NAMES
+        counts = a.dimse
+        counts[key] = counts.get(key, 0) + 1
+        if is_response:
             status = cmd.status
+            skey = None
             if status is not None:
-                _inc(a.statuses, "0x%04X" % status)
-            msg = a.pending.get((not d.from_client, cmd.responded_id))
+                counts = a.statuses
+                skey = "0x%04X" % status
+                counts[skey] = counts.get(skey, 0) + 1
+            pkey = (not d.from_client, cmd.responded_id)
+            msg = a.pending.get(pkey)
             if msg is None:
                 self._weird(ts, "unmatched_response", "%d" % (cmd.responded_id or 0))
                 return
@@ -543,22 +661,26 @@ class DicomAnalyzer:
                 final = False
             else:
                 final = True
-                msg.status = None if status is None else "0x%04X" % status
+                msg.status = skey
                 msg.ts_response = ts
-                msg.sub_ops = cmd.sub_ops
-                del a.pending[(not d.from_client, cmd.responded_id)]
-            if cmd.has_dataset:
+                # cmd.sub_ops, inlined (it is asked for once per final response)
+                ops = (cmd.remaining, cmd.completed, cmd.failed, cmd.warning)
+                msg.sub_ops = None if ops == _NO_SUB_OPS else tuple(v or 0 for v in ops)
+                del a.pending[pkey]
+            if cmd.dataset_type != NO_DATASET:  # cmd.has_dataset
                 d.msg, d.msg_rsp, d.msg_final = msg, True, final
             elif final:
                 self._emit_msg(msg)
             return
         # Request
-        if cmd.name == "C-CANCEL":
+        if name == "C-CANCEL":
             return
         by = "requestor" if d.from_client == a.req_from_client else "acceptor"
-        msg = _Msg(ts, cmd, by)
-        if msg.sop_class:
-            _inc(a.sop_classes, msg.sop_class)
+        msg = _Msg(ts, cmd, by, name)
+        sop_class = msg.sop_class
+        if sop_class:
+            counts = a.sop_classes
+            counts[sop_class] = counts.get(sop_class, 0) + 1
         if msg.move_destination:
             _inc(a.move_destinations, msg.move_destination)
         key = (d.from_client, cmd.message_id)
@@ -570,9 +692,9 @@ class DicomAnalyzer:
             self._weird(ts, "too_many_pending")
             self._emit_msg(a.pending.pop(next(iter(a.pending))))
         a.pending[key] = msg
-        if cmd.has_dataset:
+        if cmd.dataset_type != NO_DATASET:  # cmd.has_dataset
             d.msg, d.msg_rsp, d.msg_final = msg, False, False
-            if msg.command in IDENTIFIER_COMMANDS:
+            if name in IDENTIFIER_COMMANDS:
                 d.ident = bytearray()
 
     def _identifier(self, d: _Dir, ts: float, buf: bytearray) -> None:
