@@ -576,7 +576,11 @@ def _default_model(logdir: Path) -> Path:
     """A baseline model trained once on the bench's training days (or pcaps/normal-day*), cached."""
     out = OUT / "live" / "baseline.model"
     if out.exists():
-        return out
+        # Reuse the cached model only while this radsensor can load it (format or features change).
+        ok = subprocess.run([*_radsensor(), "model", "info", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT).returncode == 0
+        if ok:
+            return out
     train = sorted((OUT / "train").glob("normal-*.pcap")) or sorted((ROOT / "pcaps").glob("normal-day*.pcap"))
     if not train:
         raise SystemExit("no model: pass --model MODEL (no training captures under bench/out/train or pcaps/)")

@@ -121,7 +121,10 @@ def detect_model() -> tuple[Path | None, str]:
     """Train (once) the baseline model the detect row scores with; (path, "") or (None, reason)."""
     model = OUT / "model.rsm"
     if model.exists():
-        return model, ""
+        check = subprocess.run([sys.executable, "-m", "sensor.cli", "model", "info", str(model)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if check.returncode == 0:  # else: an older model format; retrain
+            return model, ""
     files = training_captures()
     cmd = [sys.executable, "-m", "sensor.cli", "train", *map(str, files), "-o", str(model), "--no-progress"]
     rc, wall, _, tail = _wait([sys.executable, "-c", "from sensor.cli import main; main()", *cmd[3:]])
