@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Targets of issue 6 (packets/s; ratios against baselines measured in the same run).
 TARGETS = {"radsensor decode": 1_000_000, "radsensor detect": 500_000}
-RATIO_TARGETS = {"dpkt": 10, "scapy PcapReader": 150, "tshark (DICOM)": 100}
+# The issue quotes scapy at 6 k packets/s on DICOM traffic: that is scapy with its DICOM layer
+# (measured 7.7 k here); plain PcapReader (77 k) is printed too, without a target.
+RATIO_TARGETS = {"dpkt": 10, "scapy + contrib.dicom": 150, "tshark (DICOM)": 100}
 RSS_LIMIT_MB = 150
 SLICE_AT = 0.45  # slow baselines read a slice starting here (fraction of the day's packets)
 
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         path, meta = reference_capture()
     only = set(filter(None, a.only.split(",")))
     q = 4 if a.quick else 1
-    sizes = {"dpkt": 300_000 // q, "scapy": 20_000 // q, "tshark": 40_000 // q, "pyshark": 2_000 // q}
+    sizes = {"dpkt": 300_000 // q, "scapy": 20_000 // q, "scapy-dicom": 20_000 // q, "tshark": 40_000 // q, "pyshark": 2_000 // q}
     rows: list[Row] = []
 
     def want(key: str) -> bool:
@@ -216,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         sp, sm = sliced("scapy")
         rows.append(worker(Row("scapy PcapReader", "scapy PcapReader", on=f"slice {sm['packets']:,}"),
                            "scapy", sp, sm))
+    if want("scapy-dicom"):
+        sp, sm = sliced("scapy-dicom")
+        rows.append(worker(Row("scapy + contrib.dicom", "scapy PcapReader with scapy.contrib.dicom loaded",
+                               on=f"slice {sm['packets']:,}"), "scapy-dicom", sp, sm))
     if want("tshark"):
         sp, sm = sliced("tshark")
         rows.append(tshark_row(sp, sm, path))
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ROW_KEYS = ("floor", "dpkt", "scapy", "tshark", "pyshark", "decode", "decode-py", "detect")
+ROW_KEYS = ("floor", "dpkt", "scapy", "scapy-dicom", "tshark", "pyshark", "decode", "decode-py", "detect")
 
 
 def _cpu_model() -> str:

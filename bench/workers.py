@@ -71,6 +71,20 @@ def scapy_reader(path: str) -> dict:
     return {"seconds": dt, "packets": n}
 
 
+def scapy_dicom_reader(path: str) -> dict:
+    """scapy's PcapReader with its own DICOM layer (scapy.contrib.dicom, bound to TCP 104/11112)."""
+    import scapy.contrib.dicom  # noqa: F401 - binds the DICOM layer to its ports on import
+    from scapy.utils import PcapReader
+
+    n = 0
+    with PcapReader(path) as r:
+        t0 = time.perf_counter()
+        for _pkt in r:
+            n += 1
+        dt = time.perf_counter() - t0
+    return {"seconds": dt, "packets": n}
+
+
 def pyshark_reader(path: str) -> dict:
     """pyshark over tshark (DICOM heuristic on); timed from the first packet to the last."""
     import pyshark
@@ -124,6 +138,7 @@ TOOLS = {
     "floor": floor,
     "dpkt": dpkt_loop,
     "scapy": scapy_reader,
+    "scapy-dicom": scapy_dicom_reader,
     "pyshark": pyshark_reader,
     "radsensor-decode": radsensor_decode,
     "radsensor-detect": radsensor_detect,
