@@ -56,6 +56,7 @@ class DecodeSummary:
     def render(self, counters: Counters, packets: int, seconds: float, console=None) -> None:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         console = console or Console()
         rate = packets / seconds if seconds > 0 else 0.0
@@ -69,7 +70,8 @@ class DecodeSummary:
             for h in headers:
                 t.add_column(h)
             for row in rows:
-                t.add_row(*[f"{c:,}" if isinstance(c, int) else str(c) for c in row])
+                # Text, not markup: AE titles and app names come off the wire ("[red]" is data).
+                t.add_row(*[Text(f"{c:,}" if isinstance(c, int) else str(c)) for c in row])
             console.print(t)
 
         table("Devices", ((ip, ", ".join(sorted(d["macs"])) or "-", ", ".join(sorted(d["ae_titles"])) or "-",
