@@ -107,3 +107,17 @@ def test_parse_command_edge_cases():
     empty = Command()
     assert (empty.name, empty.key, empty.is_response, empty.sub_ops, empty.error) == ("UNKNOWN", "UNKNOWN-RQ", False, None, None)
     assert parse_command(memoryview(STORE_RQ)).key == "C-STORE-RQ"
+
+
+def test_abort_mid_data_set_books_credited_bytes_to_the_aborted_association():
+    # Mid-stream (no A-ASSOCIATE): a C-STORE data set in 1,000-byte pieces, the acceptor aborts
+    # before it ends. Bytes the flow layer swallowed by skip credit belong to that association.
+    abort = struct.pack(">BBIBBBB", 7, 0, 4, 0, 0, 2, 0)
+    data_set = bytes(range(256)) * 40
+    stream = [(True, 1.0, pdata((1, 3, STORE_RQ))),
+              (True, 1.1, pdata((1, 0, data_set))[:6000]),
+              (False, 1.2, abort)]
+    whole = _same_every_way(stream)
+    (assoc,) = [e for e in whole[0] if "dataset_bytes" in e and "pdu_counts" in e]
+    assert assoc["result"] == "aborted"
+    assert assoc["dataset_bytes"] == 6000 - 12

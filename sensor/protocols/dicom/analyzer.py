@@ -274,6 +274,11 @@ class DicomAnalyzer:
                             msg.rsp_ds += used
                         else:
                             msg.ds += used
+            other = not from_client
+            if granted[other]:
+                # Bytes the flow layer consumed on the other direction came earlier in time: book
+                # them before this chunk can end the association (an A-ABORT mid data set).
+                self._settle(self._dirs[other], other)
             self._feed(d, ts, chunk)
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
