@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +24,7 @@ import pytest
 
 from sensor.daemon.metrics import parse_text
 from tests.netns import NetNs
+from tests.test_daemon_live import Daemon as LiveDaemon
 
 pytestmark = pytest.mark.netns
 
@@ -38,54 +34,20 @@ MODEL = ROOT / "models" / "demo.rsm"
 PPS = 5000  # ~9 s for the capture; two daemons and tcpreplay share two cores without drops
 
 
-class Daemon:
-    """``radsensor run`` inside the namespace, its log lines collected by a thread."""
+class Daemon(LiveDaemon):
+    """``radsensor run --workers N`` inside the namespace, with its own metrics port and JSONL file."""
 
     def __init__(self, ns: NetNs, workers: int, port: int, out: Path) -> None:
-        self.ns, self.port, self.out = ns, port, out
-        self.lines: list[str] = []
-        argv = [sys.executable, "-m", "sensor.commands.run", "-i", ns.rx, "-m", str(MODEL),
-                "--workers", str(workers), "--metrics-port", str(port), "--jsonl", str(out)]
-        self.proc = ns.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := rx.search(line):
-                    return m
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"no log line matching {pattern!r} in {timeout}s:\n{self.log}")
+        self.port, self.out = port, out
+        super().__init__(ns, ["-i", ns.rx, "-m", str(MODEL), "--workers", str(workers),
+                              "--metrics-port", str(port), "--jsonl", str(out)])
 
     def packets(self) -> float:
         m = parse_text(self.ns.http_get(f"http://127.0.0.1:{self.port}/metrics"))
         return m.get(f'radsensor_packets_total{{interface="{self.ns.rx}"}}', 0.0)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError(f"daemon ignored SIGTERM for {timeout}s:\n{self.log}") from None
-        self._reader.join(5)
-        return self.proc.returncode
+        return super().stop(timeout)
 
     def alerts(self) -> collections.Counter:
         rows = [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]

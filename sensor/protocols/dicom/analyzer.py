@@ -254,26 +254,11 @@ class DicomAnalyzer:
     # ---- public contract -----------------------------------------------------------------
 
     def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
-        # Called once per PDU boundary on bulk traffic: _settle and _grant are inlined here.
         d = self._dirs[from_client]
-        granted, credit = self._granted, self.skip_credit
+        granted = self._granted
         try:
-            g = granted[from_client]
-            if g:
-                used = g - credit[from_client]
-                granted[from_client] = credit[from_client] = 0
-                if used:
-                    d.pdv_left -= used
-                    # _count_dataset, inlined
-                    a = self._assoc
-                    if a is not None:
-                        a.dataset_bytes += used
-                    msg = d.msg
-                    if msg is not None:
-                        if d.msg_rsp:
-                            msg.rsp_ds += used
-                        else:
-                            msg.ds += used
+            if granted[from_client]:
+                self._settle(d, from_client)
             other = not from_client
             if granted[other]:
                 # Bytes the flow layer consumed on the other direction came earlier in time: book
@@ -283,11 +268,7 @@ class DicomAnalyzer:
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
             self._abandon(d, ts)
-        # As _grant: all of a plain data-set fragment but its last byte.
-        left = d.pdv_left
-        granted[from_client] = credit[from_client] = (
-            left - 1 if left > 1 and d.state == S_PDV_DATA and d.ident is None else 0
-        )
+        self._grant(d, from_client)
 
     def _settle(self, d: _Dir, from_client: bool) -> None:
         """Account for the data-set bytes the flow layer consumed on our behalf."""
