@@ -37,6 +37,7 @@ from joblib import Parallel, delayed
 from sensor.detect.artifact import ModelArtifact
 from sensor.detect.inventory import Inventory
 from sensor.detect.model import WindowModel
+from sensor.detect.rates import SERIES, Capture, RateModel
 from sensor.detect.threshold import Threshold
 from sensor.events import Counters
 from sensor.features.registry import FEATURE_NAMES, FLOW_FEATURE_NAMES, feature_vector
@@ -58,6 +59,7 @@ class TrainConfig:
     random_state: int = 0
     n_jobs: int = 2
     max_windows_per_device: int = 50_000
+    rate_share: float = 0.1  # share of the false-alert budget given to the rate-shift detector
 
 
 @dataclass(slots=True)
@@ -147,6 +149,14 @@ def _cap_rows(keys: list[str], X: np.ndarray, starts: np.ndarray, cap: int, seed
     return [k for k, m in zip(keys, keep) if m], X[keep], starts[keep], int((~keep).sum())
 
 
+def _fit_rates(parts: Sequence[CaptureWindows], config: TrainConfig) -> RateModel:
+    """The rate-shift detector sees every window (before the per-device subsample)."""
+    cols = {s.name: [FEATURE_NAMES.index(f) for f in s.features] for s in SERIES}
+    caps = [Capture(p.keys, p.starts, {n: p.X[:, c].sum(axis=1).astype(np.float64) for n, c in cols.items()},
+                    p.t0, p.t1) for p in parts]
+    return RateModel.fit(caps, config.window.span, config.window.tz, config.rate_share * config.per_device_day)
+
+
 def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
         sources: Sequence[str] = ()) -> tuple[ModelArtifact, dict[str, Any]]:
     """Fit model, threshold and inventory from windowed captures; return (artifact, report)."""
@@ -156,6 +166,7 @@ def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
         inventory.merge(p.inventory)
     inventory.finalize()
     keys = [k for p in parts for k in p.keys]
+    rates = _fit_rates(parts, config) if config.kind == "baseline" and keys else None
     if not keys:
         raise ValueError("the baseline produced no device windows (empty or undecodable captures?)")
     X = np.concatenate([p.X for p in parts]).astype(np.float64)
@@ -206,11 +217,14 @@ def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
         "fpr_target_per_device_day": config.per_device_day,
         "score_quantiles": {q: float(np.quantile(scores, float(q))) for q in ("0.5", "0.99", "0.999")},
     }
-    artifact = ModelArtifact(model, threshold, inventory, config.window, metadata)
+    if rates is not None:
+        metadata["rates"] = rates.meta
+    artifact = ModelArtifact(model, threshold, inventory, config.window, metadata, rates)
     report = dict(metadata)
     report.update({
         "kind": config.kind, "threshold": threshold.value, "calibration": method,
         "expected_alerts_per_device_day": threshold.expected_per_device_day,
+        "rates": rates.summary() if rates is not None else None,
         "inventory": inventory.summary(), "fit_seconds": round(time.monotonic() - t_start, 2),
         "devices_detail": [(d.ip, d.role, sorted(d.ae_titles), d.windows)
                            for _, d in sorted(inventory.devices.items())],

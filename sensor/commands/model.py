@@ -50,6 +50,7 @@ def info(path: str, as_json: bool, devices: bool) -> None:
                      f"{tr.get('device_days', 0):g} device-days")),
         ("threshold", (f"{th['value']:.4f} ({th['method']}; target {th['per_device_day']:g}/device/day, "
                        f"safety {th['safety']:g}, expected {th['expected_per_device_day']:.3f})")),
+        ("rate shifts", _rates_line(members)),
         ("inventory", ", ".join(f"{k} {v}" for k, v in manifest["inventory_summary"].items() if k != "roles")),
         ("roles", ", ".join(f"{k} {n}" for k, n in manifest["inventory_summary"]["roles"].items())),
         ("versions", ", ".join(f"{k} {x}" for k, x in v.items())),
@@ -66,3 +67,16 @@ def info(path: str, as_json: bool, devices: bool) -> None:
             d.add_row(Text(r["ip"]), Text(r["role"]), Text(",".join(r["ae_titles"])), Text(",".join(r["macs"][:2])),
                       Text(",".join(f"{p}/{n}" for p, n in r["listen"][:6])), Text(str(r["windows"])))
         con.print(d)
+
+
+def _rates_line(members: dict[str, bytes]) -> str:
+    import json
+
+    from sensor.detect.rates import RateModel
+
+    if "rates.json" not in members:
+        return "none (flow-only model, or trained before rate-shift detection: retrain to enable)"
+    try:
+        return RateModel.from_dict(json.loads(members["rates.json"])).summary()
+    except (ValueError, KeyError, TypeError):
+        return "damaged rates.json"

@@ -93,6 +93,7 @@ def print_report(report: dict, output: str, con) -> None:
         ("threshold", f"{report['threshold']:.4f} ({report['calibration']} scores)"),
         ("false alerts", (f"{report['expected_alerts_per_device_day']:.3f} per device-day on baseline "
                           f"(target ≤ {report['fpr_target_per_device_day']:g})")),
+        ("rate shifts", report.get("rates") or "off (flow-only model)"),
         ("fit time", f"{report['fit_seconds']:.1f}s"),
     ):
         t.add_row(k, Text(str(v)))

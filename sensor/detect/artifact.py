@@ -47,6 +47,7 @@ from sensor.detect.model import (
     Stats,
     WindowModel,
 )
+from sensor.detect.rates import RateModel
 from sensor.detect.threshold import Threshold
 from sensor.features.registry import FEATURE_NAMES, FLOW_FEATURE_NAMES
 from sensor.features.windows import WindowConfig
@@ -66,6 +67,7 @@ class ModelArtifact:
     inventory: Inventory
     window: WindowConfig
     metadata: dict[str, Any] = field(default_factory=dict)
+    rates: RateModel | None = None  # absent in flow-only models and models trained before it existed
 
     @property
     def kind(self) -> str:
@@ -82,6 +84,8 @@ class ModelArtifact:
         buf = io.BytesIO()
         np.savez_compressed(buf, **self.model.scorer_.trees_.to_arrays())
         members["forest.npz"] = buf.getvalue()
+        if self.rates is not None:
+            members["rates.json"] = json.dumps(self.rates.to_dict(), sort_keys=True).encode()
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -128,6 +132,7 @@ class ModelArtifact:
             with np.load(io.BytesIO(members["stats.npz"]), allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             inventory = Inventory.from_dict(json.loads(members["inventory.json"]))
+            rates = RateModel.from_dict(json.loads(members["rates.json"])) if "rates.json" in members else None
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise ModelError(f"{os.fspath(path)}: damaged model file ({type(exc).__name__})") from None
         p = manifest["params"]
@@ -146,7 +151,7 @@ class ModelArtifact:
         w = manifest["window"]
         return cls(model, Threshold.from_dict(manifest["threshold"]), inventory,
                    WindowConfig(w["span"], w["lateness"], w["tz"], tuple(w["local_nets"])),
-                   manifest.get("training", {}))
+                   manifest.get("training", {}), rates)
 
 
 def read_members(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from sensor.alerts.schema import Alert, DeviceRef, Evidence, Peer
 from sensor.detect.artifact import ModelArtifact
+from sensor.detect.rates import SERIES_BY_NAME, RateFinding, RateTracker, poisson_quantile
 from sensor.detect.rules import Finding, RuleEngine
 from sensor.features.registry import FEATURES_BY_NAME, feature_vector
 from sensor.features.windows import DeviceWindow, LocalNets
@@ -48,6 +50,9 @@ class Scorer:
         use_rules = artifact.kind == "baseline" if rules is None else rules
         self.rules = (RuleEngine(artifact.inventory, LocalNets(artifact.window.local_nets))
                       if use_rules else None)
+        # The rate detector rides with the rules: both judge a device against its own baseline history.
+        self.rates = RateTracker(artifact.rates) if use_rules and artifact.rates is not None else None
+        self._tz = ZoneInfo(artifact.window.tz)
         self.windows_scored = 0
         self.anomalies = 0
 
@@ -79,6 +84,12 @@ class Scorer:
                 out.append(self._anomaly(w, float(scores[i]), X[i], Z[hot_row[i]], groups[i]))
             if self.rules is not None:
                 out += [self._from_finding(w, f) for f in self.rules.check(w)]
+        if self.rates is not None:
+            # per device, windows must reach the CUSUM in time order; batches are already ordered in
+            # time, but not by device within one window span
+            for w in sorted(windows, key=lambda w: w.start):
+                if self.rates.tracked(w.ip):
+                    out += [self._from_rate(w, f) for f in self.rates.update(w.ip, w.start, w.end, w.features)]
         return out
 
     def _anomaly(self, w: DeviceWindow, score: float, x: np.ndarray, z: np.ndarray, group: str | None) -> Alert:
@@ -107,6 +118,25 @@ class Scorer:
             device=self.device_ref(w), window_start=_utc(w.start), window_end=_utc(w.end),
             peers=tuple(Peer(ip, ae) for ip, ae in w.peers[:8]), score=round(score, 4),
             threshold=round(thr.value, 4), evidence=tuple(evidence), attack=tuple(attack), sensor=self.sensor_id)
+
+    def _from_rate(self, w: DeviceWindow, f: RateFinding) -> Alert:
+        s = SERIES_BY_NAME[f.series]
+        minutes = (f.end - f.start) / 60.0
+        since = datetime.fromtimestamp(f.start, self._tz).strftime("%H:%M %Z")
+        ratio = f.ratio
+        title = (f"Sustained rise in {s.description} by {w.ip}: {_fmt(f.observed)} in the last {minutes:,.0f} min "
+                 f"(since {since}), baseline expects {_fmt(f.expected)} at these hours ({ratio:.1f}x)")
+        evidence = (Evidence(f"rate.{f.series}", round(f.observed, 3), round(f.expected, 3),
+                             float(poisson_quantile(f.expected)),
+                             f"{s.description} over the last {minutes:,.0f} min; baseline: expected count at "
+                             f"these hours and its Poisson p99; CUSUM {f.statistic:.1f} >= {f.threshold:.1f} nats"),)
+        # The alert sits in the window where the evidence became conclusive; the span it covers is
+        # in the evidence, so time-to-detect is never back-dated to the start of the rise.
+        return Alert(
+            rule_id=f"rate.{f.series}", kind="anomaly", severity="high" if ratio >= 4 else "medium", title=title,
+            device=self.device_ref(w), window_start=_utc(w.start), window_end=_utc(w.end),
+            peers=tuple(Peer(ip, ae) for ip, ae in w.peers[:8]), evidence=evidence, attack=s.attack,
+            sensor=self.sensor_id)
 
     def _from_finding(self, w: DeviceWindow, f: Finding) -> Alert:
         return Alert(
