@@ -89,7 +89,7 @@ class RateFinding:
     series: str
     start: float  # when the CUSUM last stood at zero
     end: float
-    observed: float  # capped count since start
+    observed: float  # count since start (as counted on the wire; the statistic uses capped counts)
     expected: float  # baseline expectation over the same span
     statistic: float
     threshold: float
@@ -324,7 +324,7 @@ class RateModel:
         lam = prof.rates[cls, h] * (end - start) / self.span
         xc = min(x, prof.cap)
         st.s += xc * LN_K - (K_SHIFT - 1) * lam
-        st.obs += xc
+        st.obs += x
         st.exp += lam
         st.t = end
         if st.s <= 0:
