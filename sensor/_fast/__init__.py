@@ -13,6 +13,10 @@ API of both (see fallback.py for the docstrings)::
     decode(linktype, ts, frames, bad) -> [Packet tuples]          # decode_batch without Counters
     FastTable(flow_table)  .process_pcap / .process_frames / .track / .release / .merge_all / .stats
 
+The compiled module also has ``parse_command(buf, offset=0, length=None)`` and ``command_type``,
+the DIMSE command-set decoder; its pure-Python reference is ``_parse_command_py`` in
+sensor/protocols/dicom/dimse.py, which picks one of the two (and is what callers import).
+
 Example::
 
     >>> from sensor import _fast

@@ -392,7 +392,7 @@ class DicomAnalyzer:
                             d.state = S_HDR if rem == 0 else S_PDV_HDR
                             start = pos
                             pos += left
-                            self._command(d, ts, parse_command(bytes(mv[start:pos])))
+                            self._command(d, ts, parse_command(mv, start, left))  # decoded in place, no copy
                             continue
                     elif left and d.cmd is None:
                         a.pdv_fragments += 1

@@ -3,6 +3,10 @@
 A command set is small (about 100-200 bytes) and appears once per message, so it is decoded into
 a small slots object. Data sets are never handled here.
 
+``parse_command`` is the compiled decoder of ``sensor._fast`` when that is in use (``COMPILED``
+here says so; ``RADSENSOR_FAST=0`` turns it off), else ``_parse_command_py``, its reference: both
+give the same Command for every input (tests/test_command_fast.py).
+
 Example::
 
     >>> import struct
@@ -14,7 +18,11 @@ Example::
 
 from __future__ import annotations
 
+import operator
 import struct
+import warnings
+
+from sensor import _fast
 
 # Implicit VR LE element header: group(2) element(2) length(4)
 ELEMENT_HEADER = struct.Struct("<HHI")
@@ -154,39 +162,72 @@ _ELEMENT_UNPACK = ELEMENT_HEADER.unpack_from
 _U16_UNPACK = LE_U16.unpack_from
 _U32_UNPACK = LE_U32.unpack_from
 _BAD = "bad_command_element"
+_NEW = Command.__new__
+_index = operator.index
 
 
-def parse_command(buf: bytes | bytearray) -> Command:
-    """Decode a command set. Never raises; ``Command.error`` names what was wrong, if anything."""
-    if type(buf) is memoryview:
-        buf = bytes(buf)
+def _bytes_view(buf) -> memoryview:
+    """Any bytes-like object as a flat view of its bytes in C order (what the C helper reads)."""
+    mv = memoryview(buf)
+    try:
+        return mv.cast("B")
+    except (TypeError, ValueError):  # not C-contiguous, or an exotic item format: copy
+        return memoryview(mv.tobytes())
+
+
+def _parse_command_py(buf: bytes | bytearray | memoryview, offset: int = 0, length: int | None = None) -> Command:
+    """Decode the command set ``buf[offset:offset + length]`` (by default all of ``buf``).
+
+    Never raises on the bytes' content: ``Command.error`` names what was wrong, if anything.
+    ValueError if ``offset``/``length`` lie outside ``buf``, TypeError if it is not bytes-like.
+    This is the pure-Python ``parse_command`` and the reference semantics of the compiled one
+    (``sensor._fast._fastpath.parse_command``), which must give the same result for every input.
+    """
+    if type(buf) is not bytes and type(buf) is not bytearray:
+        buf = _bytes_view(buf)
+        copy = True
+    else:
+        copy = False
+    size = len(buf)
+    offset = _index(offset)
+    if not 0 <= offset <= size:
+        raise ValueError("offset outside the buffer")
+    if length is None:
+        length = size - offset
+    else:
+        length = _index(length)
+        if not 0 <= length <= size - offset:
+            raise ValueError("length outside the buffer")
+    if copy:  # bytes to slice and decode from
+        buf = buf[offset : offset + length].tobytes()
+        offset = 0
     vals = list(_NONE)
     error = None
-    off, end = 0, len(buf)
+    off, end = offset, offset + length
     last = end - 8  # last offset where an element header fits
     unpack = _ELEMENT_UNPACK
     slot_of = _SLOT_OF.get
     while off <= last:
-        group, elem, length = unpack(buf, off)
+        group, elem, vlen = unpack(buf, off)
         off += 8
-        if group != 0 or length > end - off:
+        if group != 0 or vlen > end - off:
             error = _BAD
             break
         i = slot_of(elem)
         if i is not None:
             if i >= _N_TEXT:
-                if length == 2:
+                if vlen == 2:
                     vals[i] = _U16_UNPACK(buf, off)[0]
-                elif length == 4:  # some peers send UL for US-typed fields; tolerate it
+                elif vlen == 4:  # some peers send UL for US-typed fields; tolerate it
                     vals[i] = _U32_UNPACK(buf, off)[0] & 0xFFFF
                 else:
                     error = _BAD
             else:  # UI/AE text, at most 64 bytes kept
-                vals[i] = buf[off : off + (length if length < 64 else 64)].decode("ascii", "replace").rstrip(" \x00")
-        off += length
+                vals[i] = buf[off : off + (vlen if vlen < 64 else 64)].decode("ascii", "replace").rstrip(" \x00")
+        off += vlen
     if off != end and error is None:
         error = _BAD
-    cmd = Command.__new__(Command)
+    cmd = _NEW(Command)
     (
         cmd.affected_sop_class,
         cmd.requested_sop_class,
@@ -206,3 +247,20 @@ def parse_command(buf: bytes | bytearray) -> Command:
         error = "no_command_field"
     cmd.error = error
     return cmd
+
+
+def _select():
+    """The compiled parse_command when the C helper is in use (``RADSENSOR_FAST=0`` says no), else
+    the reference. The C one fills Command instances by slot, so it is handed the class here; it
+    refuses (and the reference is used) if this module's element table is not the one it was built with."""
+    if _fast.COMPILED and hasattr(_fast.impl, "parse_command"):
+        try:
+            _fast.impl.command_type(Command, Command.__slots__, _ELEMENTS, _N_TEXT)
+        except (TypeError, ValueError) as exc:
+            warnings.warn(f"compiled parse_command not used: {exc}", RuntimeWarning, stacklevel=2)
+        else:
+            return _fast.impl.parse_command, True
+    return _parse_command_py, False
+
+
+parse_command, COMPILED = _select()
