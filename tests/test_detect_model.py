@@ -69,6 +69,22 @@ def test_wrong_width_is_a_clear_error():
         m.anomaly_score(X[:, :5], k, g)
 
 
+def test_threshold_budget_holds_on_every_day():
+    rng = np.random.default_rng(1)
+    # ten devices, seven days; on day 3 the busy day's scores run higher than the rest
+    days = np.repeat(np.arange(7), 1000)
+    scores = rng.uniform(0.3, 0.7, days.size)
+    scores[days == 3] += 0.15
+    avg = Threshold.calibrate(scores, device_days=70, per_device_day=1.0, safety=0.5)
+    every = Threshold.calibrate(scores, device_days=70, per_device_day=1.0, safety=0.5, days=days,
+                                devices_per_day={d: 10 for d in range(7)})
+    assert (scores[days == 3] > avg.value).sum() > 5  # the average budget is spent on the busy day
+    assert (scores[days == 3] > every.value).sum() <= 5  # 1 x 0.5 x 10 devices
+    for d in range(7):
+        assert (scores[days == d] > every.value).sum() <= 5
+    assert every.method == "out_of_fold, every day" and every.value > avg.value
+
+
 def test_threshold_calibration_budget():
     scores = np.linspace(0.4, 0.9, 10_000)
     t = Threshold.calibrate(scores, device_days=40, per_device_day=1.0, safety=0.5)

@@ -114,6 +114,25 @@ def test_reject_burst_fires_above_baseline_only(baseline):
     assert hits[0][1].evidence[0][:2] == ("dicom.rejected", 12.0) and hits[0][1].attack == ("T1110",)
 
 
+def test_query_sweep_above_the_devices_own_baseline(baseline):
+    inv, _ = baseline
+    base = inv.devices["10.20.2.11"].maxima.get("dimse.wildcard_queries", 0.0)
+    c = ep("WS1", 50700)
+    # as many wildcard STUDY queries in a minute as the baseline's worst minute: silent
+    usual = [dimse(T + i, c, ep("PACS"), "WS1", "PACS", "C-FIND", STUDY_FIND, level="STUDY",
+                   wildcards=("PatientName",)) for i in range(int(base))]
+    assert not [h for h in fire(inv, usual) if h[1].rule_id == "rule.query_sweep"]
+    # a harvest: "A*", "B*", ... at PATIENT level, well above it
+    n = int(max(2 * base, base + 3)) + 1
+    sweep = [dimse(T + i, c, ep("PACS"), "WS1", "PACS", "C-FIND", STUDY_FIND, level="PATIENT",
+                   wildcards=("PatientName",)) for i in range(n)]
+    hits = [h for h in fire(inv, sweep) if h[1].rule_id == "rule.query_sweep"]
+    assert [ip for ip, _ in hits] == ["10.20.2.11"]
+    ev = {e[0]: e[1] for e in hits[0][1].evidence}
+    assert ev["dimse.wildcard_queries"] == n and ev["dimse.query_patient"] == n
+    assert hits[0][1].attack == ("T1119",) and hits[0][1].peers[0][0] == "10.20.0.10"
+
+
 def test_hl7_unknown_sender_and_known_app_from_new_ip(baseline):
     inv, _ = baseline
     hits = fire(inv, [hl7(T, ep("WS1", 50500), ep("HL7IE"), "ORU", "R01", "EVILAPP", "X"),
@@ -142,7 +161,7 @@ def test_new_implementation_and_fire_once(baseline):
 
 
 def test_rule_table_complete():
-    assert len({r.id for r in RULES}) == len(RULES) == 10
+    assert len({r.id for r in RULES}) == len(RULES) == 11
     for r in RULES:
         assert r.severity in ("low", "medium", "high") and r.description
 

@@ -50,7 +50,7 @@ def merged(events):
 
 def test_report_and_calibration(site):
     art, report, _, _ = site
-    assert report["calibration"] == "out_of_fold" and report["devices"] == 8
+    assert report["calibration"] == "out_of_fold, every day" and report["devices"] == 8
     assert report["expected_alerts_per_device_day"] <= 0.5 + 1e-9  # 1/device/day × safety ½
     assert 0.55 <= report["threshold"] < 1
     assert report["inventory"]["roles"]["workstation"] == 2

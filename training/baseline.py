@@ -130,11 +130,22 @@ def windows_from_capture(path: str, window: WindowConfig) -> CaptureWindows:
     return cw
 
 
-def _device_days(keys: Sequence[str], starts: np.ndarray, tz: str) -> float:
+def _local_days(starts: np.ndarray, tz: str) -> np.ndarray:
+    """Local date (ordinal) of each window start."""
     z = ZoneInfo(tz)
-    days = {(k, datetime.fromtimestamp(float(s), tz=UTC).astimezone(z).date())
-            for k, s in zip(keys, starts)}
-    return float(len(days))
+    cache: dict[int, int] = {}
+    out = np.empty(len(starts), dtype=np.int64)
+    for i, s in enumerate(starts):
+        q = int(s // 900)
+        d = cache.get(q)
+        if d is None:  # local midnight falls on a quarter hour in every zone in use
+            d = cache[q] = datetime.fromtimestamp(float(s), tz=UTC).astimezone(z).toordinal()
+        out[i] = d
+    return out
+
+
+def _device_days(keys: Sequence[str], starts: np.ndarray, tz: str) -> float:
+    return float(len(set(zip(keys, _local_days(starts, tz).tolist()))))
 
 
 def _cap_rows(keys: list[str], X: np.ndarray, starts: np.ndarray, cap: int, seed: int):
@@ -198,7 +209,12 @@ def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
     if scores is None:
         scores = model.anomaly_score(X, keys, groups)
     device_days = _device_days(keys, starts, config.window.tz)
-    threshold = Threshold.calibrate(scores, device_days, config.per_device_day, config.safety, method=method)
+    day = _local_days(starts, config.window.tz)
+    per_day: dict[int, int] = {}
+    for k, d in set(zip(keys, day.tolist())):
+        per_day[d] = per_day.get(d, 0) + 1
+    threshold = Threshold.calibrate(scores, device_days, config.per_device_day, config.safety, method=method,
+                                    days=day, devices_per_day=per_day)
     t0 = min((p.t0 for p in parts if p.t0 is not None), default=None)
     t1 = max((p.t1 for p in parts if p.t1 is not None), default=None)
     counters: dict[str, int] = {}
@@ -222,7 +238,7 @@ def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
     artifact = ModelArtifact(model, threshold, inventory, config.window, metadata, rates)
     report = dict(metadata)
     report.update({
-        "kind": config.kind, "threshold": threshold.value, "calibration": method,
+        "kind": config.kind, "threshold": threshold.value, "calibration": threshold.method,
         "expected_alerts_per_device_day": threshold.expected_per_device_day,
         "rates": rates.summary() if rates is not None else None,
         "inventory": inventory.summary(), "fit_seconds": round(time.monotonic() - t_start, 2),

@@ -28,7 +28,8 @@ MPPS = "1.2.840.10008.3.1.2.3.3"  # Modality Performed Procedure Step
 MAX_PEERS_PER_DEVICE = 4096
 
 # Per-window maxima kept per device, for the "above baseline" rules.
-TRACKED_MAX = ("dicom.rejected", "dicom.aborts", "dicom.rejects_sent", "hl7.naks", "flow.failed_out")
+TRACKED_MAX = ("dicom.rejected", "dicom.aborts", "dicom.rejects_sent", "hl7.naks", "flow.failed_out",
+               "dimse.wildcard_queries", "dimse.query_patient")
 # Feature totals kept per device, for role inference.
 ROLE_TOTALS = ("dimse.c_store_rq", "dimse.c_store_served", "dimse.c_find_rq", "dimse.c_find_served",
                "dimse.c_move_rq", "dimse.c_move_served", "dimse.c_get_rq", "dimse.c_get_served",

@@ -18,6 +18,7 @@ novelty.new_peer_pair           low       T1021      a known device talks to a n
 novelty.new_dicom_service       medium    by cmd     new command × SOP class on a pair
 novelty.new_move_destination    high      T1048      C-MOVE to a destination new for that SCP
 rule.reject_abort_burst         medium    T1110      rejects/aborts/HL7 NAKs above the device's baseline
+rule.query_sweep                high      T1119      wildcard or PATIENT-level C-FINDs above the device's baseline
 novelty.hl7_unknown_sender      high      T1565.002  HL7 from an app/facility/IP never seen
 novelty.new_listening_port      medium    T1571      a known device answers on a new port
 novelty.new_implementation      low       T1036      a known device shows a new DICOM impl UID/version
@@ -172,17 +173,23 @@ def r_move_dest(w, inv, eng) -> list[Finding]:
     return out
 
 
-def r_burst(w, inv, eng) -> list[Finding]:
+def _above_baseline(w, inv, names) -> list[tuple[str, float, float]]:
+    """(feature, observed, baseline per-window maximum) for each of ``names`` well above that maximum."""
     d = inv.devices.get(w.ip)
     maxima = d.maxima if d is not None else {}
     hits = []
-    # DICOM association rejects/aborts, and HL7's equivalent: negative acknowledgements (AE/AR).
-    for name in ("dicom.rejected", "dicom.aborts", "hl7.naks"):
+    for name in names:
         observed = w.features.get(name, 0.0)
         base = maxima.get(name, 0.0) if d is not None else DEFAULT_BURST_MAX
         # "Above baseline": more than double the worst baseline window and at least 3 more.
         if observed > max(2.0 * base, base + 3.0):
             hits.append((name, observed, base))
+    return hits
+
+
+def r_burst(w, inv, eng) -> list[Finding]:
+    # DICOM association rejects/aborts, and HL7's equivalent: negative acknowledgements (AE/AR).
+    hits = _above_baseline(w, inv, ("dicom.rejected", "dicom.aborts", "hl7.naks"))
     if not hits:
         return []
     what = ", ".join(f"{n.split('.')[1]} {o:g} (baseline max {b:g})" for n, o, b in hits)
@@ -190,6 +197,22 @@ def r_burst(w, inv, eng) -> list[Finding]:
     return [eng.finding("rule.reject_abort_burst", f"{kind} at {w.ip}: {what}", w.start,
                         peers=w.peers[:5],
                         evidence=tuple((n, o, 0.0, b, "per-window maximum in baseline as p99") for n, o, b in hits))]
+
+
+def r_query_sweep(w, inv, eng) -> list[Finding]:
+    # A patient-data harvest is many open-ended C-FINDs in a short time: "A*", "B*"... at PATIENT
+    # level, or "*" at STUDY level. Reading workstations do query with wildcards, a few a minute;
+    # the bar is the device's own worst baseline minute, doubled.
+    hits = _above_baseline(w, inv, ("dimse.wildcard_queries", "dimse.query_patient"))
+    if not hits:
+        return []
+    what = ", ".join(f"{n.split('.')[1].replace('_', ' ')} {o:g} (baseline max {b:g})" for n, o, b in hits)
+    servers = [(ip, ae) for ip, ae in w.peers if ae][:5] or w.peers[:5]
+    evidence = tuple((n, o, 0.0, b, "per-window maximum in baseline as p99") for n, o, b in hits)
+    evidence += (("dimse.find_result_bytes", w.features.get("dimse.find_result_bytes", 0.0), None, None,
+                  "C-FIND result bytes received in the window"),)
+    return [eng.finding("rule.query_sweep", f"C-FIND sweep from {w.ip}: {what}", w.start, peers=servers,
+                        evidence=evidence)]
 
 
 def r_hl7_sender(w, inv, eng) -> list[Finding]:
@@ -253,6 +276,7 @@ RULES: tuple[Rule, ...] = (
     Rule("novelty.new_dicom_service", "novelty", "medium", (), r_new_service, "new command × SOP class on a pair"),
     Rule("novelty.new_move_destination", "novelty", "high", ("T1048",), r_move_dest, "new C-MOVE destination"),
     Rule("rule.reject_abort_burst", "rule", "medium", ("T1110",), r_burst, "rejects/aborts above baseline"),
+    Rule("rule.query_sweep", "rule", "high", ("T1119",), r_query_sweep, "C-FIND sweep above baseline"),
     Rule("novelty.hl7_unknown_sender", "novelty", "high", ("T1565.002",), r_hl7_sender, "HL7 from unknown sender"),
     Rule("novelty.new_listening_port", "novelty", "medium", ("T1571",), r_listen, "new listening port"),
     Rule("novelty.new_implementation", "novelty", "low", ("T1036",), r_impl, "new DICOM implementation"),

@@ -53,16 +53,29 @@ class Threshold:
 
     @classmethod
     def calibrate(cls, scores: np.ndarray, device_days: float, per_device_day: float = 1.0,
-                  safety: float = 0.5, floor: float = DEFAULT_FLOOR, method: str = "out_of_fold") -> Threshold:
+                  safety: float = 0.5, floor: float = DEFAULT_FLOOR, method: str = "out_of_fold",
+                  days: np.ndarray | None = None, devices_per_day: dict | None = None) -> Threshold:
+        """``days`` (one label per score, e.g. the local date) with ``devices_per_day`` makes the
+        budget hold on every baseline day, not just on average: a busy weekday then cannot spend
+        what a quiet Sunday saved."""
         if per_device_day < 0 or not 0 < safety <= 1:
             raise ValueError("per_device_day must be >= 0 and 0 < safety <= 1")
-        s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+        scores = np.asarray(scores, dtype=np.float64)
+        s = np.sort(scores)[::-1]
         allowed = math.floor(per_device_day * safety * device_days)
         if s.size == 0 or allowed >= s.size:
             value = floor
         else:
             # Strictly above the (allowed+1)-th highest score: at most `allowed` windows exceed it.
             value = max(floor, float(s[allowed]))
+        if days is not None and devices_per_day:
+            days = np.asarray(days)
+            for day, n_dev in devices_per_day.items():
+                sd = np.sort(scores[days == day])[::-1]
+                k = math.floor(per_device_day * safety * n_dev)
+                if k < sd.size:
+                    value = max(value, float(sd[k]))
+            method += ", every day"
         above = int((s > value).sum())
         return cls(float(value), float(per_device_day), float(safety), float(device_days), int(s.size),
                    allowed, above, method)
