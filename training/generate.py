@@ -41,7 +41,7 @@ class DayJob:
     volume: float
     scenarios: tuple[str, ...] = ()
     count_scale: float = 1.0  # images per study
-    hours: tuple[int, int] = (0, 24)  # keep only packets in [start, end) hours (day slices)
+    hours: tuple[int, int] = (0, 24)  # keep only sessions starting in [start, end) local clock hours
 
 
 def generate_day(job: DayJob, out: Path, site_path: str | None = None) -> dict:
@@ -58,7 +58,7 @@ def generate_day(job: DayJob, out: Path, site_path: str | None = None) -> dict:
         for link in links.values():
             link.schedule()
         background_day(ctx)
-        lo, hi = ctx.t0 + job.hours[0] * 3_600_000_000, ctx.t0 + job.hours[1] * 3_600_000_000
+        lo, hi = ctx.wall(job.hours[0] * 3_600_000_000), ctx.wall(job.hours[1] * 3_600_000_000)
         if job.hours != (0, 24):
             # a slice keeps whole sessions that start inside it (so every association is complete)
             ctx.sessions = [s for s in ctx.sessions if lo <= s.start < hi]
@@ -75,7 +75,10 @@ def generate_day(job: DayJob, out: Path, site_path: str | None = None) -> dict:
     record = {
         "pcap": pcap.name, "kind": job.kind, "date": day.isoformat(), "seed": job.seed,
         "image_scale": job.image_scale, "volume": job.volume, "count_scale": job.count_scale, "hours": list(job.hours),
-        "site": site.name, "packets": w.packets, "bytes": w.bytes,
+        "site": site.name,
+        # the site's time zone (run_eval trains with it); absent = UTC, so UTC sites' records are unchanged
+        **({"tz": site.tz} if site.tz != "UTC" else {}),
+        "packets": w.packets, "bytes": w.bytes,
         "generation_seconds": round(time.monotonic() - t_start, 1),
         **ctx.record.to_dict(),
         "labels": [lb["id"] for lb in labels],

@@ -104,10 +104,10 @@ def background_day(ctx: DayContext) -> None:
         if dev is dc:
             continue
         per_hour = 25 if dev in pcs else 4
-        for h in range(24):
+        for e, h in enumerate(ctx.wall_hours):  # elapsed hour e, local clock hour h
             lam = per_hour * (max(ctx.activity(dev, h), 0.1) if dev in pcs else 1.0)
             for _ in range(int(lam * ctx.volume + r.random())):
-                t = ctx.t0 + int((h * 3600 + r.random() * 3600) * US)
+                t = ctx.t0 + int((e * 3600 + r.random() * 3600) * US)
                 external = dev in pcs and r.random() < 0.5
                 name = r.choice(EXTERNAL_NAMES) if external else r.choice(INTERNAL_NAMES) + "." + site.domain
                 addr = (ext[r.randint(10, 250)] if external else site.subnet[r.randint(2, 60)]).packed
@@ -119,20 +119,20 @@ def background_day(ctx: DayContext) -> None:
             continue
         k = 0
         off = r.randint(0, 1023)
-        while (off + k * 1024) < 86400:
+        while (off + k * 1024) < ctx.day_s:
             t = ctx.t0 + (off + k * 1024) * US + r.randint(0, 999_999)
             q, a = ntp_pair(t)
             ctx.udp(t, dev.ip, ntp.ip, 123, 123, [(0, 0, q), (1, r.randint(200, 800), a)], "ntp")
             k += 1
-    for k in range(86400 // 1024):
+    for k in range(ctx.day_s // 1024):
         t = ctx.t0 + (k * 1024 + 7) * US
         q, a = ntp_pair(t)
         ctx.udp(t, ntp.ip, str(ext[123]), 123, 123, [(0, 0, q), (1, r.randint(8000, 30000), a)], "ntp")
-    # syslog from servers and the PACS
+    # syslog from servers and the PACS (RFC 3164 TIMESTAMP is the sender's local clock time)
     senders = [d for d in site.devices if d.role in ("pacs", "archive", "mwl", "engine", "dc", "proxy", "ris", "emr")]
     for dev in senders:
-        for _ in range(int(30 * 24 * ctx.volume)):
-            t = ctx.t0 + int(r.random() * 86400 * US)
+        for _ in range(int(30 * ctx.n_hours * ctx.volume)):
+            t = ctx.t0 + int(r.random() * ctx.day_s * US)
             ts = ctx.when(t).strftime("%b %d %H:%M:%S").replace(" 0", "  ")
             msg = r.choice(["service heartbeat ok", "disk usage 61%", "user login success user=svc_synth",
                             "backup job completed", "queue depth 0", "certificate check ok"])
@@ -140,10 +140,10 @@ def background_day(ctx: DayContext) -> None:
             ctx.udp(t, dev.ip, syslog.ip, r.randint(32768, 60999), 514, [(0, 0, line.encode())], "syslog")
     # web: PCs/workstations through the proxy (HTTP) and proxy to the outside (HTTPS)
     for dev in pcs:
-        for h in range(24):
+        for e, h in enumerate(ctx.wall_hours):
             lam = 12 * ctx.activity(dev, h) * ctx.volume
             for _ in range(int(lam + r.random())):
-                t = ctx.t0 + int((h * 3600 + r.random() * 3600) * US)
+                t = ctx.t0 + int((e * 3600 + r.random() * 3600) * US)
                 size = min(int(r.lognormvariate(7.2, 1.2)), 200_000) + 200
                 host = r.choice(EXTERNAL_NAMES)
                 req, rsp = http_pair(random.Random(r.getrandbits(32)), host, f"/p/{r.randint(1, 9999)}", size)
@@ -154,15 +154,15 @@ def background_day(ctx: DayContext) -> None:
                         lambda s=s, n=size: tls_session(random.Random(s), 600, n), "https")
     # SMB: PCs and workstations read files from the DC/file server
     for dev in pcs:
-        for h in range(24):
+        for e, h in enumerate(ctx.wall_hours):
             lam = 2 * ctx.activity(dev, h) * ctx.volume
             for _ in range(int(lam + r.random())):
-                t = ctx.t0 + int((h * 3600 + r.random() * 3600) * US)
+                t = ctx.t0 + int((e * 3600 + r.random() * 3600) * US)
                 ctx.tcp(t, dev.ip, dc.ip, 445, lambda s=ctx.seed(): smb_session(random.Random(s)), "smb")
     # an admin RDP session from PC3 to the DC on weekdays
     if not ctx.weekend:
         pc3 = site.by_name.get("PC3", pcs[0])
-        t = ctx.t0 + (10 * 3600 + r.randint(0, 7200)) * US
+        t = ctx.wall((10 * 3600 + r.randint(0, 7200)) * US)  # 10:00-12:00 local
         ctx.tcp(t, pc3.ip, dc.ip, 3389, lambda s=ctx.seed(): rdp_session(random.Random(s), 20), "rdp")
 
 

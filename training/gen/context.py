@@ -1,14 +1,25 @@
 """Per-day generation context: hosts, sessions, the merge into one time-ordered packet stream,
-and the generator-side record of what was generated (for the tshark validation test)."""
+and the generator-side record of what was generated (for the tshark validation test).
+
+Time: a day runs from the site's local midnight to the next local midnight (23 or 25 h on a DST
+change day). Times are µs since the UTC epoch (what pcap stores); ``t0`` is local midnight.
+Hourly schedules are walked over the day's *elapsed* hours (``wall_hours[e]`` is the local
+clock hour during elapsed hour ``e``), so a DST day has one hour fewer or one repeated.
+``wall(off)`` maps a local clock time (µs after midnight) to epoch µs, for scenario windows
+such as "01:00-04:00". Protocol timestamps that carry local time (HL7 MSH-7, syslog) use
+``when()``. For a UTC site all of this reduces to ``t0 + off`` exactly as before.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import heapq
+import ipaddress
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from .compose import Library, count_dimse
 from .hl7msgs import Hl7Library
@@ -22,6 +33,8 @@ US = 1_000_000
 class Session:
     start: int  # µs since epoch
     build: Callable[[], Iterator[Packet]]
+    kind: str = ""  # record kind ("c-store", "dns", ...) and initiating address: for inspection
+    src: str = ""
 
 
 @dataclass
@@ -50,7 +63,14 @@ class DayContext:
                  volume: float, day_index: int, count_scale: float = 1.0) -> None:
         self.site, self.lib, self.hl7 = site, lib, hl7lib
         self.day = day
-        self.t0 = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()) * US
+        # dt.UTC for UTC sites keeps their arithmetic exactly what it was before time zones
+        self.zone = dt.UTC if site.tz == "UTC" else ZoneInfo(site.tz)
+        self._midnight = dt.datetime(day.year, day.month, day.day)  # naive local
+        self.t0 = self.wall(0)
+        self.day_s = (self.wall(86400 * US) - self.t0) // US  # 86400, or 82800/90000 on DST days
+        self.day_us = self.day_s * US
+        self.n_hours = self.day_s // 3600
+        self.wall_hours = [self.local_hour(self.t0 + e * 3600 * US) for e in range(self.n_hours)]
         self.rng = random.Random(seed)
         self.volume = volume
         self.count_scale = count_scale  # images per study (samples thin it)
@@ -66,7 +86,9 @@ class DayContext:
     def host(self, ip: str, ttl: int | None = None) -> Host:
         h = self._hosts.get(ip)
         if h is None:
-            h = Host.of(ip, self.site.mac_for(ip), ttl or self._ttl.get(ip, 64 if not ip.startswith("203.") else 52))
+            # hosts off the site subnet (the internet, routed scenario hosts) arrive some hops away
+            local = ipaddress.IPv4Address(ip) in self.site.subnet
+            h = Host.of(ip, self.site.mac_for(ip), ttl or self._ttl.get(ip, 64 if local else 52))
             self._hosts[ip] = h
         return h
 
@@ -74,7 +96,20 @@ class DayContext:
         return self.rng.getrandbits(48)
 
     def when(self, us: int) -> dt.datetime:
-        return dt.datetime.fromtimestamp(us / US, tz=dt.UTC)
+        """Site-local wall-clock time of an epoch-µs instant (for protocols that carry local time)."""
+        return dt.datetime.fromtimestamp(us / US, tz=self.zone)
+
+    def wall(self, off: int) -> int:
+        """Epoch µs of the local clock time ``off`` µs after this day's midnight (may pass 24 h).
+        A clock time skipped by DST maps one hour on, a repeated one to its first occurrence."""
+        s, us = divmod(off, US)
+        local = (self._midnight + dt.timedelta(seconds=s)).replace(tzinfo=self.zone)
+        return int(local.timestamp()) * US + us
+
+    def local_hour(self, us: int) -> int:
+        """Local clock hour of an instant, counted from this day's midnight (24.. is the next day)."""
+        loc = dt.datetime.fromtimestamp(us // US, tz=self.zone)
+        return (loc.date() - self.day).days * 24 + loc.hour
 
     def eport(self, ip: str, r: random.Random) -> int:
         win = self._ttl.get(ip, 64) == 128
@@ -88,11 +123,11 @@ class DayContext:
         return s.hours[hour % 24] * (s.weekend if self.weekend else 1.0)
 
     def sample_time(self, dev: Device, r: random.Random) -> int:
-        """A time of day (µs since midnight) drawn from the device's hourly activity weights."""
-        w = [self.activity(dev, h) for h in range(24)]
+        """A time of day (elapsed µs since local midnight) drawn from the device's hourly weights."""
+        w = [self.activity(dev, h) for h in self.wall_hours]
         if sum(w) == 0:
-            w = [1.0] * 24
-        h = r.choices(range(24), weights=w)[0]
+            w = [1.0] * self.n_hours
+        h = r.choices(range(self.n_hours), weights=w)[0]  # an elapsed hour of the day
         return int((h * 3600 + r.random() * 3600) * US)
 
     # ---------------------------------------------------------------- adding sessions
@@ -119,7 +154,7 @@ class DayContext:
             elif app == "hl7":
                 self._count_hl7(items)
             return conv.frames(start, items, handshake, close)
-        self.sessions.append(Session(start, build))
+        self.sessions.append(Session(start, build, kind, cli_ip))
 
     def udp(self, start: int, src_ip: str, dst_ip: str, sport: int, dport: int, payloads: list, kind: str) -> None:
         """Schedule UDP datagrams: payloads = [(direction, delay_us, bytes)], 0 = src->dst."""
@@ -134,7 +169,7 @@ class DayContext:
                 ipid = self._ip_id.get(s.ip, 0) + 1 & 0xFFFF
                 self._ip_id[s.ip] = ipid
                 yield t, 0, udp_frame(s, o, sport if d == 0 else dport, dport if d == 0 else sport, p, ipid)
-        self.sessions.append(Session(start, build))
+        self.sessions.append(Session(start, build, kind, src_ip))
 
     def _count_dicom(self, items) -> None:
         self.record.dimse.update(count_dimse(items))

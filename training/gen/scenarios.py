@@ -2,13 +2,16 @@
 
 Every scenario is ``fn(ctx, links, r) -> label`` where the label is
 ``{id, type, start, end, ips: [{ip, role}], description}`` (UTC ISO 8601). Rates, sizes and
-times come from ``r`` (seeded per day), so different seeds give different attacks.
+times come from ``r`` (seeded per day), so different seeds give different attacks. Scenario hours
+("01:00-04:00", "08:30-16:30") are the site's local clock (``DayContext.wall``); the hosts a
+scenario brings along come from the site's ``[scenario_hosts]`` (``Site.scenario_hosts``).
 training/README.md describes what a detector should see for each.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import random
 import string
 import struct
@@ -17,15 +20,16 @@ from .background import dns_pair, rdp_session, smb_session, tls_record
 from .context import US, DayContext
 from .recorder import record_raw
 from .schedule import read_study
-from .site import Device
+from .site import DEFAULT_SCENARIO_HOSTS, Device
 
-NEW_QUERY_HOST = "10.20.3.87"
-EXFIL_HOST = "10.20.3.99"
-ROGUE_MODALITY = "10.20.1.199"
-BRUTE_HOST = "10.20.3.66"
-HL7_ROGUE = "10.20.3.45"
-FUZZ_HOST = "10.20.3.71"
-BEACON = "203.0.113.66"
+# The default site's scenario hosts (a site may place them elsewhere: Site.scenario_hosts).
+NEW_QUERY_HOST = DEFAULT_SCENARIO_HOSTS["new_query"]
+EXFIL_HOST = DEFAULT_SCENARIO_HOSTS["exfil"]
+ROGUE_MODALITY = DEFAULT_SCENARIO_HOSTS["rogue_modality"]
+BRUTE_HOST = DEFAULT_SCENARIO_HOSTS["bruteforce"]
+HL7_ROGUE = DEFAULT_SCENARIO_HOSTS["hl7_sender"]
+FUZZ_HOST = DEFAULT_SCENARIO_HOSTS["fuzzer"]
+BEACON = DEFAULT_SCENARIO_HOSTS["c2"]
 
 
 def _iso(us: int) -> str:
@@ -42,7 +46,12 @@ def _label(ctx: DayContext, kind: str, start: int, end: int, attackers: list[str
 
 
 def _at(ctx: DayContext, r: random.Random, h0: float, h1: float) -> int:
-    return ctx.t0 + int(r.uniform(h0, h1) * 3600 * US)
+    """A uniform time between local clock hours h0 and h1 of the day."""
+    return ctx.wall(int(r.uniform(h0, h1) * 3600 * US))
+
+
+def _ip(ctx: DayContext, key: str) -> str:
+    return ctx.site.scenario_hosts[key].ip
 
 
 def _fake(name: str, ip: str, ae: str, fp: str = "pynetdicom", role: str = "pc", port: int = 104) -> Device:
@@ -71,7 +80,7 @@ def phi_sweep_workstation(ctx, links, r):
 
 
 def phi_sweep_new_host(ctx, links, r):
-    host = _fake("NEWQ", NEW_QUERY_HOST, r.choice(["FINDSCU", "QUERY_TOOL", "ANY-SCU"]), "dcmtk")
+    host = _fake("NEWQ", _ip(ctx, "new_query"), r.choice(["FINDSCU", "QUERY_TOOL", "ANY-SCU"]), "dcmtk")
     t0 = _at(ctx, r, 17, 21)
     letters = sorted(r.sample(string.ascii_uppercase, r.randint(15, 26)))
     end = _sweep(ctx, r, host, t0, letters, "PATIENT")
@@ -83,7 +92,7 @@ def phi_sweep_new_host(ctx, links, r):
 
 def exfil_move(ctx, links, r):
     ws = ctx.site.by_name["WS1"]
-    dest = _fake("EXFIL", EXFIL_HOST, r.choice(["BACKUP_SCP", "STORESCP", "ARCHIVE2"]), "dcmtk")
+    dest = _fake("EXFIL", _ip(ctx, "exfil"), r.choice(["BACKUP_SCP", "STORESCP", "ARCHIVE2"]), "dcmtk")
     mods = [d for d in ctx.site.devices if d.role in ("ct", "mr")]
     t = t0 = _at(ctx, r, 12, 16)
     n_studies = max(5, int(r.randint(15, 40) * min(1.0, 2 * ctx.volume)))
@@ -98,7 +107,7 @@ def exfil_move(ctx, links, r):
 
 
 def exfil_get(ctx, links, r):
-    host = _fake("GETTER", EXFIL_HOST, "GETSCU", "pynetdicom", "workstation")
+    host = _fake("GETTER", _ip(ctx, "exfil"), "GETSCU", "pynetdicom", "workstation")
     pacs, lib = ctx.site.one("pacs"), ctx.lib
     mods = [d for d in ctx.site.devices if d.role in ("ct", "mr", "mg")]
     t = t0 = _at(ctx, r, 19, 23)
@@ -116,7 +125,7 @@ def exfil_get(ctx, links, r):
 
 def rogue_modality(ctx, links, r):
     ct1 = ctx.site.by_name["CT1"]
-    rogue = _fake("ROGUE", ROGUE_MODALITY, ct1.ae, "pynetdicom", "ct")
+    rogue = _fake("ROGUE", _ip(ctx, "rogue_modality"), ct1.ae, "pynetdicom", "ct")
     pacs, lib = ctx.site.one("pacs"), ctx.lib
     t = t0 = _at(ctx, r, 9, 17)
     k = r.randint(2, 5)
@@ -133,19 +142,20 @@ def rogue_modality(ctx, links, r):
 def ae_bruteforce(ctx, links, r):
     pacs, lib = ctx.site.one("pacs"), ctx.lib
     fp = ctx.site.fingerprints["pynetdicom"]
+    brute = _ip(ctx, "bruteforce")
     t = t0 = _at(ctx, r, 0, 23)
     n = r.randint(60, 250)
     guesses = ["ANY", "STORESCP", "DCM4CHEE", "ORTHANC", "CONQUESTSRV1", "ARCHIVE", "SERVER", "AE_TITLE"]
     for k in range(n):
         called = guesses[k] if k < len(guesses) else "".join(r.choices(string.ascii_uppercase, k=r.randint(4, 10)))
-        ctx.tcp(t, BRUTE_HOST, pacs.ip, pacs.port, lambda c=called, s=ctx.seed(): lib.reject(
+        ctx.tcp(t, brute, pacs.ip, pacs.port, lambda c=called, s=ctx.seed(): lib.reject(
             fp, pacs, "called", random.Random(s), "ECHOSCU", c), "attack-rj", app="dicom")
         t += int(r.uniform(0.2, 2.0) * US)
-    host = _fake("BRUTE", BRUTE_HOST, "ECHOSCU")
+    host = _fake("BRUTE", brute, "ECHOSCU")
     ctx.tcp(t, host.ip, pacs.ip, pacs.port, lambda s=ctx.seed(): lib.echo(host, pacs, random.Random(s)),
             "attack-echo", app="dicom")
-    return _label(ctx, "ae_title_bruteforce", t0, t + US, [BRUTE_HOST], [pacs.ip],
-                  f"Unknown host {BRUTE_HOST} tries {n} called AE titles against the PACS; all but the last "
+    return _label(ctx, "ae_title_bruteforce", t0, t + US, [brute], [pacs.ip],
+                  f"Unknown host {brute} tries {n} called AE titles against the PACS; all but the last "
                   "are rejected with A-ASSOCIATE-RJ (called AE title not recognised), the last guess "
                   "succeeds with a C-ECHO.")
 
@@ -164,6 +174,7 @@ FUZZ = [
 def malformed_pdus(ctx, links, r):
     pacs = ctx.site.one("pacs")
     fp = ctx.site.fp(pacs)
+    fuzzer = _ip(ctx, "fuzzer")
     t = t0 = _at(ctx, r, 1, 23)
     n = r.randint(20, 60)
     for k in range(n):
@@ -178,10 +189,10 @@ def malformed_pdus(ctx, links, r):
         def items(p=payload):
             runs = ctx.lib._get(("raw", p), lambda: record_raw(ctx.lib.rec, fp, [p]))
             return [(d, 0 if i == 0 else 800, b) for i, (d, b) in enumerate(runs)]
-        ctx.tcp(t, FUZZ_HOST, pacs.ip, pacs.port, items, "attack-fuzz", app="fuzz")
+        ctx.tcp(t, fuzzer, pacs.ip, pacs.port, items, "attack-fuzz", app="fuzz")
         t += int(r.uniform(0.5, 5) * US)
-    return _label(ctx, "malformed_pdu_fuzzing", t0, t, [FUZZ_HOST], [pacs.ip],
-                  f"Host {FUZZ_HOST} opens {n} connections to the PACS DICOM port and sends malformed or "
+    return _label(ctx, "malformed_pdu_fuzzing", t0, t, [fuzzer], [pacs.ip],
+                  f"Host {fuzzer} opens {n} connections to the PACS DICOM port and sends malformed or "
                   "fuzzed PDUs (unknown types, bad lengths, out-of-order PDUs); the PACS answers with "
                   "A-ABORT or closes.")
 
@@ -234,20 +245,21 @@ def lateral_movement(ctx, links, r):
 def beaconing(ctx, links, r):
     ct2 = ctx.site.by_name["CT2"]
     dc = ctx.site.one("dc")
+    c2 = _ip(ctx, "c2")
     t = t0 = _at(ctx, r, 0, 15)
     period = r.choice((30, 60, 120, 300))
     dur = int(r.uniform(3, 8) * 3600)
     name = r.choice(["cdn-sync.example.net", "telemetry.example.org", "update-check.example.com"])
-    q, a = dns_pair(r.getrandbits(16), name, bytes(int(x) for x in BEACON.split(".")))
+    q, a = dns_pair(r.getrandbits(16), name, ipaddress.IPv4Address(c2).packed)
     ctx.udp(t - 200_000, ct2.ip, dc.ip, ctx.eport(ct2.ip, r), 53, [(0, 0, q), (1, 900, a)], "attack-dns")
     k = 0
-    while t < t0 + dur * US and t < ctx.t0 + 86_000 * US:
-        ctx.tcp(t, ct2.ip, BEACON, 443, lambda s=ctx.seed(): _beacon_items(random.Random(s)), "attack-beacon")
+    while t < t0 + dur * US and t < ctx.t0 + (ctx.day_s - 400) * US:
+        ctx.tcp(t, ct2.ip, c2, 443, lambda s=ctx.seed(): _beacon_items(random.Random(s)), "attack-beacon")
         t += int(period * r.uniform(0.95, 1.05) * US)
         k += 1
-    return _label(ctx, "c2_beaconing_from_modality", t0, t, [ct2.ip], [BEACON],
+    return _label(ctx, "c2_beaconing_from_modality", t0, t, [ct2.ip], [c2],
                   f"CT scanner {ct2.name} resolves {name} and connects every ~{period}s ({k} times) to the "
-                  f"external address {BEACON}:443 with small TLS-shaped exchanges.")
+                  f"external address {c2}:443 with small TLS-shaped exchanges.")
 
 
 def _beacon_items(r: random.Random) -> list:
@@ -259,17 +271,18 @@ def _beacon_items(r: random.Random) -> list:
 # ----------------------------------------------------------------------------- HL7
 def hl7_injection(ctx, links, r):
     engine = ctx.site.one("engine")
+    sender = _ip(ctx, "hl7_sender")
     t = t0 = _at(ctx, r, 0, 23)
     app = r.choice(["LABX", "TESTAPP", "HL7SPY"])
     from .schedule import Hl7Link
-    link = Hl7Link(ctx, HL7_ROGUE, engine, app, engine.hl7_app, kind="attack-hl7", open_at=t)
+    link = Hl7Link(ctx, sender, engine, app, engine.hl7_app, kind="attack-hl7", open_at=t)
     n = r.randint(15, 80)
     for _ in range(n):
         link.add(t, r.choice(["ADT^A08", "ADT^A08", "ORM^O01", "ORU^R01"]), r.randint(1, 20_000), r.randint(1, 99_999))
         t += int(r.uniform(0.5, 20) * US)
     link.schedule()
-    return _label(ctx, "hl7_injection_unknown_sender", t0, t, [HL7_ROGUE], [engine.ip],
-                  f"Unknown host {HL7_ROGUE} (sending application {app}) connects to the interface engine "
+    return _label(ctx, "hl7_injection_unknown_sender", t0, t, [sender], [engine.ip],
+                  f"Unknown host {sender} (sending application {app}) connects to the interface engine "
                   f"and sends {n} ADT/ORM/ORU messages, which are accepted.")
 
 
@@ -324,12 +337,12 @@ def retrieval_increase(ctx, links, r):
     mods = [d for d in ctx.site.devices if d.is_modality]
     base = ws.reads_per_day * ctx.volume
     extra = max(3, int(2 * base))  # ~3x its usual retrievals in total
-    times = sorted(ctx.t0 + int(r.uniform(8.5, 16.5) * 3600 * US) for _ in range(extra))
+    times = sorted(ctx.wall(int(r.uniform(8.5, 16.5) * 3600 * US)) for _ in range(extra))  # local 08:30-16:30
     for t in times:
         mod = r.choice(mods)
         read_study(ctx, ws, mod, t, r.randint(1, max(2, ctx.day_index * 10_000)), r.randint(1, 20_000),
                    ctx.n_images(mod, r))
-    return _label(ctx, "retrieval_rate_increase", ctx.t0 + int(8.5 * 3600 * US), ctx.t0 + int(16.5 * 3600 * US) + 300 * US,
+    return _label(ctx, "retrieval_rate_increase", ctx.wall(int(8.5 * 3600 * US)), ctx.wall(int(16.5 * 3600 * US)) + 300 * US,
                   [ws.ip], [ctx.site.one("pacs").ip],
                   f"Workstation {ws.ae} retrieves about three times its usual number of studies ({extra} extra "
                   "C-FIND + C-MOVE reads) during working hours, with normal-looking individual sessions.")

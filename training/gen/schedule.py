@@ -140,11 +140,12 @@ def clinical_day(ctx: DayContext) -> dict:
             links["ris-engine"].add(t_rep, "ORU^R01", patient, study)
             links["engine-emr"].add(t_rep + r.randint(1, 4) * US, "ORU^R01", patient, study)
     # reading: assign each read to an active workstation, plus prior-study retrievals
+    last_read = ctx.t0 + (ctx.day_s - 1) * US - 600 * US  # reads are kept inside the day
     for t, dev, study, patient, n in reads:
-        hour = int((t - ctx.t0) // (3600 * US))
+        hour = ctx.local_hour(t)
         weights = [ctx.activity(w, hour) for w in wss]
         ws = r.choices(wss, weights=weights)[0] if sum(weights) else wss[-1]
-        read_study(ctx, ws, dev, min(t, ctx.t0 + 86_399 * US - 600 * US), study, patient, n)
+        read_study(ctx, ws, dev, min(t, last_read), study, patient, n)
     for ws in wss:
         extra = poisson(r, ws.reads_per_day * ctx.volume * 0.4 * (0.2 if ctx.weekend else 1.0))
         mods = [d for d in site.devices if d.is_modality]
@@ -193,13 +194,13 @@ def echoes(ctx: DayContext) -> None:
     site, lib, r = ctx.site, ctx.lib, ctx.rng
     pacs, vna = site.one("pacs"), site.one("archive")
     for dev in [d for d in site.devices if d.is_modality]:
-        for h in range(24):
+        for e, h in enumerate(ctx.wall_hours):  # elapsed hour e, local clock hour h
             if ctx.activity(dev, h) > 0 and r.random() < 0.9:
-                t = ctx.t0 + (h * 3600 + r.randint(0, 3599)) * US
+                t = ctx.t0 + (e * 3600 + r.randint(0, 3599)) * US
                 ctx.tcp(t, dev.ip, pacs.ip, pacs.port, lambda d=dev, s=ctx.seed(): lib.echo(d, pacs, random.Random(s)),
                         "c-echo", app="dicom")
     step = vna.echo_every_min * 60
-    for k in range(86400 // step):
+    for k in range(ctx.day_s // step):
         t = ctx.t0 + (k * step + r.randint(0, 30)) * US
         ctx.tcp(t, pacs.ip, vna.ip, vna.port, lambda s=ctx.seed(): lib.echo(pacs, vna, random.Random(s)),
                 "c-echo", app="dicom")
