@@ -17,13 +17,22 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 from sensor.events import DicomAssociation, DimseMessage, PresentationContext
 from sensor.protocols.base import FlowContext
 from sensor.protocols.dicom import pdu as P
 from sensor.protocols.dicom.association import AssociateInfo, parse_abort, parse_associate, parse_reject
-from sensor.protocols.dicom.dimse import IDENTIFIER_COMMANDS, MAX_COMMAND_LEN, NO_DATASET, PENDING, Command, parse_command
+from sensor.protocols.dicom.dimse import (
+    IDENTIFIER_COMMANDS,
+    KNOWN_NAMES,
+    MAX_COMMAND_LEN,
+    NO_DATASET,
+    PENDING,
+    Command,
+    parse_command,
+)
 from sensor.protocols.dicom.identifiers import MAX_IDENTIFIER_LEN, is_explicit, scan_identifier
 
 PDU_HEADER_UNPACK = P.PDU_HEADER.unpack_from
@@ -38,6 +47,30 @@ MIN_PDATA_LEN = P.MIN_PDATA_LEN
 MAX_PDATA_LEN = P.MAX_PDATA_LEN
 _UNKNOWN_NAMES = ("UNKNOWN", "UNKNOWN-RQ", False)  # a Command without command field (never counted)
 _NO_SUB_OPS = (None, None, None, None)
+
+# Status value → its key "0x0000", made once per value. Statuses are 16-bit, but hostile input
+# must not grow a table: past the first few values, keys are made on each use and not kept.
+_STATUS_KEYS: dict[int, str] = {}
+_MAX_STATUS_KEYS = 256
+
+
+def _status_key(status: int) -> str:
+    skey = "0x%04X" % status
+    if len(_STATUS_KEYS) < _MAX_STATUS_KEYS:
+        _STATUS_KEYS[status] = skey
+    return skey
+
+
+# _emit_msg builds DimseMessage (once per DIMSE message) with positional arguments: CPython 3.11
+# compiles a call with 20 keyword arguments into building a dict first (CALL_FUNCTION_EX), which
+# costs ~0.7 us per event. The positional order is this one, checked against the record at import.
+_DIMSE_FIELDS = (
+    "ts", "ts_response", "client", "server", "calling_ae", "called_ae", "command", "requested_by",
+    "sop_class", "message_id", "priority", "move_destination", "status", "pending", "latency",
+    "dataset_bytes", "response_dataset_bytes", "query_level", "wildcard_keys", "sub_ops",
+)  # fmt: skip
+if tuple(f.name for f in dataclasses.fields(DimseMessage)) != _DIMSE_FIELDS:
+    raise ImportError("sensor.events.DimseMessage fields changed: update _DIMSE_FIELDS and _emit_msg")
 
 # Largest non-P-DATA PDU body we copy; bigger ones are counted and skipped.
 MAX_BODY = 1 << 17
@@ -114,7 +147,7 @@ class _Msg:
         self.ts_response: float | None = None
         self.command = name
         self.requested_by = requested_by
-        self.sop_class = cmd.sop_class
+        self.sop_class = cmd.affected_sop_class or cmd.requested_sop_class  # cmd.sop_class, inlined
         self.message_id = cmd.message_id
         self.priority = cmd.priority
         self.move_destination = cmd.move_destination
@@ -175,7 +208,7 @@ class _Assoc:
         self.move_destinations: dict[str, int] = {}
         self.query_levels: dict[str, int] = {}
         self.wildcard_keys: dict[str, int] = {}
-        self.bytes = [0, 0]  # [sent by requestor, sent by acceptor]
+        self.bytes = [0, 0]  # by sender, indexed like _Dir.index: [server's, client's]
         self.dataset_bytes = 0
         self.pdv_fragments = 0
         self.decode_errors = errors
@@ -193,6 +226,7 @@ class _Dir:
         "from_client",
         "hbuf",
         "ident",
+        "index",
         "msg",
         "msg_final",
         "msg_rsp",
@@ -210,6 +244,7 @@ class _Dir:
 
     def __init__(self, from_client: bool, mid_stream: bool) -> None:
         self.from_client = from_client
+        self.index = 1 if from_client else 0  # from_client as a list index (bools index slowly)
         self.hbuf = bytearray()  # partial 6-byte PDU/PDV header split across chunks
         self.pdu_type = 0
         self.remaining = 0  # bytes left in the current PDU body
@@ -254,21 +289,40 @@ class DicomAnalyzer:
     # ---- public contract -----------------------------------------------------------------
 
     def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
-        d = self._dirs[from_client]
+        # Called once per PDU boundary on bulk traffic (~260k times on a busy capture), so the
+        # usual settle and grant of this direction are inlined; _settle/_grant are the reference.
+        i = 1 if from_client else 0  # an int index: CPython indexes lists by bool the slow way
+        d = self._dirs[i]
         granted = self._granted
+        credit = self.skip_credit
         try:
-            if granted[from_client]:
-                self._settle(d, from_client)
-            other = not from_client
-            if granted[other]:
+            g = granted[i]
+            if g:  # _settle, inlined
+                used = g - credit[i]
+                granted[i] = credit[i] = 0
+                if used:
+                    d.pdv_left -= used
+                    # _count_dataset, inlined
+                    a = self._assoc
+                    if a is not None:
+                        a.dataset_bytes += used
+                    msg = d.msg
+                    if msg is not None:
+                        if d.msg_rsp:
+                            msg.rsp_ds += used
+                        else:
+                            msg.ds += used
+            if granted[1 - i]:
                 # Bytes the flow layer consumed on the other direction came earlier in time: book
                 # them before this chunk can end the association (an A-ABORT mid data set).
-                self._settle(self._dirs[other], other)
+                self._settle(self._dirs[1 - i], not from_client)
             self._feed(d, ts, chunk)
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
             self._abandon(d, ts)
-        self._grant(d, from_client)
+        # _grant, inlined
+        c = d.pdv_left - 1 if d.state == S_PDV_DATA and d.ident is None else 0
+        granted[i] = credit[i] = c if c > 0 else 0
 
     def _settle(self, d: _Dir, from_client: bool) -> None:
         """Account for the data-set bytes the flow layer consumed on our behalf."""
@@ -325,7 +379,14 @@ class DicomAnalyzer:
 
     def _feed(self, d: _Dir, ts: float, mv: memoryview) -> None:
         pos, n = 0, len(mv)
-        while pos < n:
+        # Loop and branch tests on the hot paths below are written so that their jumps are short:
+        # CPython 3.11 only specialises an int compare followed by a jump without EXTENDED_ARG,
+        # and a generic compare costs several times more. Hence `while True` + an early return
+        # rather than `while pos < n` (whose exit jump spans the whole loop), the identifier
+        # capture in its own method, and the P-DATA fast path's test as a chain of rejections.
+        while True:
+            if pos >= n:
+                return
             st = d.state
             if st == S_PDV_DATA:
                 left = d.pdv_left
@@ -333,11 +394,7 @@ class DicomAnalyzer:
                 if left < take:
                     take = left
                 if d.ident is not None:
-                    if len(d.ident) + take <= MAX_IDENTIFIER_LEN:
-                        d.ident += mv[pos : pos + take]
-                    else:
-                        d.ident = None
-                        self._weird(ts, "oversize_identifier")
+                    self._capture(d, ts, mv[pos : pos + take])
                 pos += take
                 left -= take
                 d.pdv_left = left
@@ -364,18 +421,22 @@ class DicomAnalyzer:
                 t, r, plen, vlen, ctx_id, control = PDATA_PDV_UNPACK(mv, pos)
                 a = self._assoc
                 if (
-                    t == P_DATA_TF
-                    and r == 0
-                    and a is not None
-                    and MIN_PDATA_LEN <= plen <= MAX_PDATA_LEN
-                    and 2 <= vlen <= plen - 4
-                    and ctx_id & 1
-                    and control <= 3
+                    t != P_DATA_TF
+                    or r != 0
+                    or a is None
+                    or plen < MIN_PDATA_LEN
+                    or plen > MAX_PDATA_LEN
+                    or vlen < 2
+                    or vlen > plen - 4
+                    or not ctx_id & 1
+                    or control > 3
                 ):
+                    pass  # not the common case: the general header path below takes it
+                else:
                     pos += 12
                     counts = a.pdu_counts
                     counts[P_DATA_NAME] = counts.get(P_DATA_NAME, 0) + 1
-                    a.bytes[d.from_client != a.req_from_client] += 6 + plen
+                    a.bytes[d.index] += 6 + plen
                     d.pdu_type = P_DATA_TF
                     rem = plen - 4 - vlen
                     left = vlen - 2
@@ -503,6 +564,14 @@ class DicomAnalyzer:
                     d.skipped += i
                     del rb[:i]
 
+    def _capture(self, d: _Dir, ts: float, part: memoryview) -> None:
+        """Append a fragment of a query/retrieve identifier, up to MAX_IDENTIFIER_LEN in all."""
+        if len(d.ident) + len(part) <= MAX_IDENTIFIER_LEN:
+            d.ident += part
+        else:
+            d.ident = None
+            self._weird(ts, "oversize_identifier")
+
     def _pdu_header(self, d: _Dir, ts: float, t: int, length: int) -> None:
         a = self._assoc
         if a is None:
@@ -516,7 +585,7 @@ class DicomAnalyzer:
             self._end(ts, None)
             a = self._start(ts, d.from_client, False)
         _inc(a.pdu_counts, PDU_NAMES[t])
-        a.bytes[d.from_client != a.req_from_client] += 6 + length
+        a.bytes[d.index] += 6 + length
         d.pdu_type = t
         d.remaining = length
         if t == P_DATA_TF:
@@ -615,6 +684,8 @@ class DicomAnalyzer:
     # ---- DIMSE ---------------------------------------------------------------------------
 
     def _command(self, d: _Dir, ts: float, cmd: Command) -> None:
+        # Once per DIMSE message (~100k per busy capture): table lookups instead of Command's
+        # properties (names(), sop_class), and a status key made once per status value.
         a = self._assoc
         if d.msg_final and d.msg is not None:  # _flush_dir_msg, inlined
             self._emit_msg(d.msg)
@@ -627,18 +698,21 @@ class DicomAnalyzer:
             return
         if not a.role_known:
             self._infer_roles(a, d, cmd)
-        name, key, is_response = cmd.names() or _UNKNOWN_NAMES
+        name, key, is_response = KNOWN_NAMES.get(cmd.command_field) or cmd.names() or _UNKNOWN_NAMES
         counts = a.dimse
         counts[key] = counts.get(key, 0) + 1
         if is_response:
             status = cmd.status
             skey = None
             if status is not None:
+                skey = _STATUS_KEYS.get(status)
+                if skey is None:
+                    skey = _status_key(status)
                 counts = a.statuses
-                skey = "0x%04X" % status
                 counts[skey] = counts.get(skey, 0) + 1
             pkey = (not d.from_client, cmd.responded_id)
-            msg = a.pending.get(pkey)
+            pending = a.pending
+            msg = pending.get(pkey)
             if msg is None:
                 self._weird(ts, "unmatched_response", "%d" % (cmd.responded_id or 0))
                 return
@@ -652,7 +726,7 @@ class DicomAnalyzer:
                 # cmd.sub_ops, inlined (it is asked for once per final response)
                 ops = (cmd.remaining, cmd.completed, cmd.failed, cmd.warning)
                 msg.sub_ops = None if ops == _NO_SUB_OPS else tuple(v or 0 for v in ops)
-                del a.pending[pkey]
+                del pending[pkey]
             if cmd.dataset_type != NO_DATASET:  # cmd.has_dataset
                 d.msg, d.msg_rsp, d.msg_final = msg, True, final
             elif final:
@@ -661,23 +735,23 @@ class DicomAnalyzer:
         # Request
         if name == "C-CANCEL":
             return
-        by = "requestor" if d.from_client == a.req_from_client else "acceptor"
-        msg = _Msg(ts, cmd, by, name)
+        msg = _Msg(ts, cmd, "requestor" if d.from_client == a.req_from_client else "acceptor", name)
         sop_class = msg.sop_class
         if sop_class:
             counts = a.sop_classes
             counts[sop_class] = counts.get(sop_class, 0) + 1
         if msg.move_destination:
             _inc(a.move_destinations, msg.move_destination)
-        key = (d.from_client, cmd.message_id)
-        old = a.pending.pop(key, None)
+        pending = a.pending
+        key = (d.from_client, msg.message_id)
+        old = pending.pop(key, None)
         if old is not None:
-            self._weird(ts, "duplicate_message_id", "%d" % (cmd.message_id or 0))
+            self._weird(ts, "duplicate_message_id", "%d" % (msg.message_id or 0))
             self._emit_msg(old)
-        if len(a.pending) >= MAX_PENDING:
+        if len(pending) >= MAX_PENDING:
             self._weird(ts, "too_many_pending")
-            self._emit_msg(a.pending.pop(next(iter(a.pending))))
-        a.pending[key] = msg
+            self._emit_msg(pending.pop(next(iter(pending))))
+        pending[key] = msg
         if cmd.dataset_type != NO_DATASET:  # cmd.has_dataset
             d.msg, d.msg_rsp, d.msg_final = msg, False, False
             if name in IDENTIFIER_COMMANDS:
@@ -728,9 +802,7 @@ class DicomAnalyzer:
         weak = cmd.name in ("C-STORE", "N-EVENT-REPORT")
         sender_is_requestor = not cmd.is_response
         req_from_client = d.from_client if sender_is_requestor else not d.from_client
-        if req_from_client != a.req_from_client:
-            a.req_from_client = req_from_client
-            a.bytes.reverse()
+        a.req_from_client = req_from_client
         self.ctx.requestor_is_server = not req_from_client
         if not weak:
             a.role_known = True
@@ -753,32 +825,39 @@ class DicomAnalyzer:
         a = self._assoc
         if a is None:
             return
-        client, server = self._endpoints(a)
-        rq = a.rq
-        calling = rq.calling_ae if rq else (a.ac.calling_ae if a.ac else None)
-        called = rq.called_ae if rq else (a.ac.called_ae if a.ac else None)
-        self.ctx.emit(
-            DimseMessage(
-                ts=m.ts,
-                ts_response=m.ts_response,
-                client=client,
-                server=server,
-                calling_ae=calling,
-                called_ae=called,
-                command=m.command,
-                requested_by=m.requested_by,
-                sop_class=m.sop_class,
-                message_id=m.message_id,
-                priority=m.priority,
-                move_destination=m.move_destination,
-                status=m.status,
-                pending=m.pending,
-                latency=None if m.ts_response is None else m.ts_response - m.ts,
-                dataset_bytes=m.ds,
-                response_dataset_bytes=m.rsp_ds,
-                query_level=m.query_level,
-                wildcard_keys=m.wildcard_keys,
-                sub_ops=m.sub_ops,
+        ctx = self.ctx
+        # _endpoints, inlined (once per DIMSE message)
+        if a.req_from_client:
+            client, server = ctx.client, ctx.server
+        else:
+            client, server = ctx.server, ctx.client
+        src = a.rq or a.ac
+        if src is not None:
+            calling, called = src.calling_ae, src.called_ae
+        else:
+            calling = called = None
+        ctx.emit(
+            DimseMessage(  # positional, in _DIMSE_FIELDS order (see there why)
+                m.ts,
+                m.ts_response,
+                client,
+                server,
+                calling,
+                called,
+                m.command,
+                m.requested_by,
+                m.sop_class,
+                m.message_id,
+                m.priority,
+                m.move_destination,
+                m.status,
+                m.pending,
+                None if m.ts_response is None else m.ts_response - m.ts,  # latency
+                m.ds,  # dataset_bytes
+                m.rsp_ds,  # response_dataset_bytes
+                m.query_level,
+                m.wildcard_keys,
+                m.sub_ops,
             )
         )
 
@@ -843,7 +922,7 @@ class DicomAnalyzer:
                 move_destinations=a.move_destinations,
                 query_levels=a.query_levels,
                 wildcard_keys=a.wildcard_keys,
-                bytes=(a.bytes[0], a.bytes[1]),
+                bytes=(a.bytes[1], a.bytes[0]) if a.req_from_client else (a.bytes[0], a.bytes[1]),
                 dataset_bytes=a.dataset_bytes,
                 pdv_fragments=a.pdv_fragments,
                 decode_errors=a.decode_errors,

@@ -89,6 +89,9 @@ def _names(field: int) -> tuple[str, str, bool]:
 _KNOWN: dict[int, tuple[str, str, bool]] = {
     f: _names(f) for base in COMMAND_NAMES for f in (base, base | RESPONSE_BIT)
 }
+# Public name of that table, for the analyzer's per-message lookup (no method call): a miss means
+# an unknown field (or none), for which ``Command.names()`` is the answer.
+KNOWN_NAMES = _KNOWN
 
 
 class Command:
