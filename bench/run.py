@@ -34,6 +34,7 @@ TARGETS = {"radsensor decode": 1_000_000, "radsensor detect": 500_000}
 # (measured 7.7 k here); plain PcapReader (77 k) is printed too, without a target.
 RATIO_TARGETS = {"dpkt": 10, "scapy + contrib.dicom": 150, "tshark (DICOM)": 100}
 RSS_LIMIT_MB = 150
+OURS = ("radsensor", "floor", "ceiling")  # rows that are not baselines
 SLICE_AT = 0.45  # slow baselines read a slice starting here (fraction of the day's packets)
 
 
@@ -155,9 +156,9 @@ def render(rows: list[Row], meta: dict, path: Path) -> str:
         lines.append(f"{r.name:30} {r.on:>14} {_fmt_rate(r.pps):>12} {r.mbps:>9,.0f} {pf:>8} "
                      f"{r.maxrss_mb:>11.0f} {st:>10}")
     lines.append("")
-    baselines = [r for r in rows if r.available and not r.name.startswith(("radsensor", "floor"))]
+    baselines = [r for r in rows if r.available and not r.name.startswith(OURS)]
     for r in rows:
-        if r.available and r.name.startswith("radsensor"):
+        if r.available and r.name.startswith(("radsensor", "ceiling")):
             lines.append(f"{r.name}: " + ", ".join(f"{r.pps / b.pps:,.1f}× {b.name}" for b in baselines if b.pps))
     notes = [f"  {r.name}: {r.note}" for r in rows if r.available and r.note]
     if notes:
@@ -229,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         sp, sm = sliced("pyshark")
         rows.append(worker(Row("pyshark", "pyshark FileCapture (tshark, DICOM heuristic)",
                                on=f"slice {sm['packets']:,}"), "pyshark", sp, sm))
+    if want("flows"):
+        # not a product mode: the cost of reading + L2-L4 + flow tracking alone, i.e. what no
+        # amount of protocol-analyzer work can go below on this machine
+        rows.append(worker(Row("ceiling: flows only", "radsensor decode with protocol analyzers disabled"),
+                           "radsensor-flows", path, meta))
     if want("decode"):
         rows.append(worker(Row("radsensor decode", "radsensor decode (compiled fast path)"),
                            "radsensor-decode", path, meta))
@@ -264,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "capture": {"path": str(path), **{k: v for k, v in meta.items() if k != "mtime"}},
         "rows": [dict(asdict(r), packets_per_s=r.pps, mbit_per_s=r.mbps) for r in rows],
         "ratios": {r.name: {b.name: r.pps / b.pps for b in rows if b.available and b.pps
-                            and not b.name.startswith(("radsensor", "floor"))}
-                   for r in rows if r.available and r.name.startswith("radsensor")},
+                            and not b.name.startswith(OURS)}
+                   for r in rows if r.available and r.name.startswith(("radsensor", "ceiling"))},
         "checks": checks,
         "table": table,
     }
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ROW_KEYS = ("floor", "dpkt", "scapy", "scapy-dicom", "tshark", "pyshark", "decode", "decode-py", "detect")
+ROW_KEYS = ("floor", "dpkt", "scapy", "scapy-dicom", "tshark", "pyshark", "flows", "decode", "decode-py", "detect")
 
 
 def _cpu_model() -> str:

@@ -130,6 +130,16 @@ def radsensor_decode(path: str) -> dict:
     return _with_helper(_radsensor(["decode", path, "--no-progress"]))
 
 
+def radsensor_flows(path: str) -> dict:
+    """The ceiling under radsensor decode: the same read, L2-L4 decode and flow table, with protocol
+    recognition answering "not DICOM/HL7" for every flow (no analyzer ever runs)."""
+    from sensor.protocols import dispatch
+
+    dispatch.recognise = lambda first, from_client: None
+    dispatch.recognise_inside = lambda data: None
+    return _with_helper(_radsensor(["decode", path, "--no-progress"]))
+
+
 def radsensor_detect(path: str, model: str) -> dict:
     return _with_helper(_radsensor(["detect", path, "-m", model, "--format", "json"]))
 
@@ -141,6 +151,7 @@ TOOLS = {
     "scapy-dicom": scapy_dicom_reader,
     "pyshark": pyshark_reader,
     "radsensor-decode": radsensor_decode,
+    "radsensor-flows": radsensor_flows,
     "radsensor-detect": radsensor_detect,
 }
 
