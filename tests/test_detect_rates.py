@@ -172,3 +172,25 @@ def test_evidence_counts_match_the_decoded_dimse_on_real_traffic():
                    and e.requested_by == "requestor" and e.client.ip == ip and f.start <= e.ts < f.end)
         assert f.observed == sent, (ip, f)
         assert f.observed > f.expected
+
+
+def test_evidence_older_than_a_shift_does_not_carry_into_an_alert():
+    from sensor.detect.rates import Profile
+
+    # a device that is almost never busy: silence pays S back very slowly
+    model = RateModel(SPAN, "UTC", {(WS, "retrievals"): Profile(np.full((2, 24), 0.001), 1, 6.0)})
+    t = T0 + 70 * DAY + 2 * 3600
+    tr = RateTracker(model)
+    for k in range(8):  # 8 x ln 2 = 5.5 nats: just under the threshold
+        assert tr.update(WS, t + k * SPAN, t + (k + 1) * SPAN, {"dimse.c_move_rq": 1}) == []
+    later = t + 9 * 3600
+    found = []
+    for k in range(2):  # two more reads would make 6.9 nats with the night's
+        found += tr.update(WS, later + k * SPAN, later + (k + 1) * SPAN, {"dimse.c_move_rq": 1})
+    assert found == []
+    assert tr._state[(WS, "retrievals")].run_start >= later
+    # the same two reads within the shift do alert
+    tr2 = RateTracker(model)
+    for k in range(10):
+        found += tr2.update(WS, t + k * SPAN, t + (k + 1) * SPAN, {"dimse.c_move_rq": 1})
+    assert [f.series for f in found] == ["retrievals"] and found[0].observed == 9

@@ -47,6 +47,7 @@ MIN_SLOTS = 60  # windows of coverage per (day class, hour) before weekday/weeke
 H_FLOOR = 4.0  # nats: never alert on less evidence than a ~55:1 likelihood ratio
 GAP_HOURS_MAX = 72  # decay over longer silences is not worth computing: S is 0 long before
 DAY = 86400.0
+MAX_RUN = 8 * 3600.0  # evidence older than a shift does not carry into a new alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +321,10 @@ class RateModel:
             st.exp += lam
             if st.s <= 0:
                 st.reset(start)
+        if start - st.run_start > MAX_RUN:
+            # Night rates are near zero, so a few off-hours reads would otherwise linger in S until
+            # the morning's ordinary traffic tips it over; a rise the analyst can act on is recent.
+            st.reset(start)
         cls, h = clock.slot(start)
         lam = prof.rates[cls, h] * (end - start) / self.span
         xc = min(x, prof.cap)
