@@ -44,13 +44,15 @@ KNOWN_LIMITS = {
 }
 
 _UID_IN_PARENS = re.compile(r"\(([0-9.]+)\)\s*$")
+_BARE_UID = re.compile(r"[0-9]+(\.[0-9]+)+")
 
 
 def _uid(show: str) -> str:
     """UID out of tshark's display forms: 'Name (1.2.3)', '1.2.3 (Name)' or a bare '1.2.3'."""
     show = show.strip().rstrip("\x00").strip()
-    if show[:1].isdigit():
-        return show.split(" ", 1)[0]
+    first = show.split(" ", 1)[0]
+    if _BARE_UID.fullmatch(first):  # not "12-lead ECG Waveform Storage (1.2...)"
+        return first
     m = _UID_IN_PARENS.search(show)
     return m.group(1) if m else show
 
