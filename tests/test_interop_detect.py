@@ -14,16 +14,13 @@ on 127.0.0.1. The dcmtk SCUs then produce two captures, with real timing (no tim
 ``radsensor train`` (5 s windows) learns the baseline and ``radsensor detect`` scores both
 captures; both are run as the real CLI in a subprocess.
 
-Why the addresses are translated: the sensor treats only site networks (RFC 1918, CGNAT,
-link-local, ULA) as devices, and loopback is none of those, so a loopback capture yields no device
-window at all (``radsensor train`` says "the baseline produced no device windows"); the CLI has
-no option to widen the site networks. Each capture is therefore rewritten with ``tcprewrite
---pnat`` (127.0.0.1 → ``SITE_IP``, checksums recomputed) before training and detection; bytes,
-ports and timestamps stay as captured. Nothing is sent to that address: it exists only in the
-files.
+The site networks: the sensor treats only the site's networks as devices (by default RFC 1918,
+CGNAT, link-local, ULA), and loopback is none of those, so the baseline is trained with
+``--local-net 127.0.0.0/8`` (the option a site with public internal addressing uses); the model
+keeps the list and detection reads it from there.
 
 Every peer runs on loopback, and loopback picks the destination address as the source, so
-``SITE_IP`` is the one device that carries every role (PACS, SCUs, both move destinations);
+127.0.0.1 is the one device that carries every role (PACS, SCUs, both move destinations);
 the alerts are therefore all about that one device. That is a limit of a loopback test, not of
 the detector: the per-device rules read the device's own windows either way.
 
@@ -49,7 +46,7 @@ pytestmark = pytest.mark.realstack
 ROOT = Path(__file__).resolve().parents[1]
 PACS_AET, DEST_AET, EXFIL_AET = "ORTHANC_T", "STORESCP_T", "EXFIL_T"
 SWEEP_AET, GUESS_AET = "SWEEP_T", "GUESS_T"
-SITE_IP = "10.77.0.10"  # only ever written into the capture files (see the module docstring)
+SITE_IP = "127.0.0.1"  # the one device (see the module docstring)
 WINDOW = 5.0
 BASELINE_ROUNDS = 6  # one round per window: ~30 s of baseline
 SWEEP_LETTERS = "ABCDEFGHIJKT"  # 12 PATIENT-level queries; "T*" matches the synthetic patients
@@ -81,15 +78,6 @@ def _to_window_start(margin: float = 0.2) -> float:
         start += WINDOW
         time.sleep(start + margin - now)
     return start
-
-
-def _site_pcap(src: Path) -> Path:
-    """The capture with 127.0.0.1 translated to SITE_IP (timestamps, ports and payloads kept)."""
-    out = src.with_name(src.stem + ".site.pcap")
-    res = subprocess.run(["tcprewrite", f"--pnat=127.0.0.1/32:{SITE_IP}/32", "--fixcsum",
-                          "-i", str(src), "-o", str(out)], capture_output=True, text=True, timeout=30)
-    _ok(res, "tcprewrite")
-    return out
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -170,9 +158,10 @@ def run(tmp_path_factory):
         pacs.stop()
         exfil.stop()
         scp.stop()
-    baseline_pcap, attack_pcap = _site_pcap(cap_b.path), _site_pcap(cap_a.path)
+    baseline_pcap, attack_pcap = cap_b.path, cap_a.path
     model = base / "model.rsm"
-    train = _cli("train", str(baseline_pcap), "-o", str(model), "--window", f"{WINDOW:g}s", "--no-progress")
+    train = _cli("train", str(baseline_pcap), "-o", str(model), "--window", f"{WINDOW:g}s", "--no-progress",
+                 "--local-net", "127.0.0.0/8")
     attack_alerts, attack_out = _detect(attack_pcap, model)
     baseline_alerts, baseline_out = _detect(baseline_pcap, model)
     return {

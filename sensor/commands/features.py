@@ -7,6 +7,13 @@ import sys
 
 import click
 
+# Some hospitals number their internal networks from public address space; the site says which
+# addresses are its devices (the model keeps the list, so detection and the daemon use the same).
+LOCAL_NET_OPTION = click.option(
+    "--local-net", multiple=True, metavar="CIDR",
+    help="A network whose addresses are site devices; repeat for several. Replaces the default "
+         "(private, CGNAT, link-local and ULA ranges).")
+
 
 @click.command()
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True))
@@ -14,7 +21,9 @@ import click
 @click.option("--window", default="60s", show_default=True, help="Window span (e.g. 60s, 5m).")
 @click.option("--lateness", default="120s", show_default=True, help="How long a window waits for late events.")
 @click.option("--tz", default="UTC", show_default=True, help="Site time zone (IANA) for time-of-day features.")
-def features(captures: tuple[str, ...], output: str, window: str, lateness: str, tz: str) -> None:
+@LOCAL_NET_OPTION
+def features(captures: tuple[str, ...], output: str, window: str, lateness: str, tz: str,
+             local_net: tuple[str, ...]) -> None:
     """Export one row per device per window, one column per registry feature."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -25,7 +34,7 @@ def features(captures: tuple[str, ...], output: str, window: str, lateness: str,
     from sensor.features.windows import iter_windows
     from sensor.pipeline import PipelineError, iter_events
 
-    cfg = _window_config(window, lateness, tz)
+    cfg = _window_config(window, lateness, tz, local_net)
     counters = Counters()
     cols: dict[str, list] = {"device": [], "window_start": [], "window_end": [], "mac": [], "ae_titles": []}
     cols.update({f.name: [] for f in FEATURES})
@@ -53,11 +62,12 @@ def features(captures: tuple[str, ...], output: str, window: str, lateness: str,
                f"{len(set(cols['device']))} devices → {output}")
 
 
-def _window_config(window: str, lateness: str, tz: str):
-    from sensor.features.windows import WindowConfig, parse_span
+def _window_config(window: str, lateness: str, tz: str, local_nets: tuple[str, ...] = ()):
+    from sensor.features.windows import DEFAULT_LOCAL_NETS, WindowConfig, parse_span
 
     try:
-        return WindowConfig(parse_span(window), parse_span(lateness) if lateness not in ("0", "0s") else 0.0, tz)
+        return WindowConfig(parse_span(window), parse_span(lateness) if lateness not in ("0", "0s") else 0.0, tz,
+                            tuple(local_nets) or DEFAULT_LOCAL_NETS)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     except Exception as exc:  # zoneinfo raises ZoneInfoNotFoundError (a KeyError) for unknown zones

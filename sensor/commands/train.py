@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from sensor.commands.features import _window_config
+from sensor.commands.features import LOCAL_NET_OPTION, _window_config
 
 
 @click.command()
@@ -18,12 +18,13 @@ from sensor.commands.features import _window_config
 @click.option("--fpr", default="1/device/day", show_default=True,
               help="Target false-alert rate of the anomaly model (alerts per device per day).")
 @click.option("--tz", default="UTC", show_default=True, help="Site time zone (IANA) for time-of-day features.")
+@LOCAL_NET_OPTION
 @click.option("--flow-only", is_flag=True, help="Fit the comparison model: plain forest on flow features only.")
 @click.option("--jobs", "-j", default=2, show_default=True, help="Captures decoded in parallel.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (forests, subsampling).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def train(captures: tuple[str, ...], output: str, window: str, lateness: str, fpr: str, tz: str,
-          flow_only: bool, jobs: int, seed: int, progress: bool | None) -> None:
+          local_net: tuple[str, ...], flow_only: bool, jobs: int, seed: int, progress: bool | None) -> None:
     """Learn each device's normal behaviour from baseline captures."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,7 +35,7 @@ def train(captures: tuple[str, ...], output: str, window: str, lateness: str, fp
     from training.baseline import TrainConfig, expand_captures
     from training.baseline import train as fit_baseline
 
-    cfg_window = _window_config(window, lateness, tz)
+    cfg_window = _window_config(window, lateness, tz, local_net)
     try:
         rate = parse_fpr(fpr)
     except ValueError as exc:
