@@ -144,9 +144,6 @@ def _local_days(starts: np.ndarray, tz: str) -> np.ndarray:
     return out
 
 
-def _device_days(keys: Sequence[str], starts: np.ndarray, tz: str) -> float:
-    return float(len(set(zip(keys, _local_days(starts, tz).tolist()))))
-
 
 def _cap_rows(keys: list[str], X: np.ndarray, starts: np.ndarray, cap: int, seed: int):
     keys_a = np.asarray(keys)
@@ -208,10 +205,11 @@ def fit(parts: Sequence[CaptureWindows], config: TrainConfig = TrainConfig(),
     model = new_model().fit(X, keys, groups)
     if scores is None:
         scores = model.anomaly_score(X, keys, groups)
-    device_days = _device_days(keys, starts, config.window.tz)
     day = _local_days(starts, config.window.tz)
+    device_day_pairs = set(zip(keys, day.tolist()))
+    device_days = float(len(device_day_pairs))
     per_day: dict[int, int] = {}
-    for k, d in set(zip(keys, day.tolist())):
+    for _, d in device_day_pairs:
         per_day[d] = per_day.get(d, 0) + 1
     threshold = Threshold.calibrate(scores, device_days, config.per_device_day, config.safety, method=method,
                                     days=day, devices_per_day=per_day)

@@ -212,15 +212,16 @@ class RateModel:
     # ---- fitting ------------------------------------------------------------------------------
 
     @staticmethod
-    def _profiles(captures: Sequence[Capture], span: float, clock: _Clock) -> dict[tuple[str, str], Profile]:
-        # per device: which captures it appears in (its coverage), counts per slot, burst cap
+    def _profiles(captures: Sequence[Capture], slots: Sequence[np.ndarray], span: float,
+                  clock: _Clock) -> dict[tuple[str, str], Profile]:
+        # per device: which captures it appears in (its coverage), counts per slot, burst cap;
+        # slots[i]: (day class, hour) of each window of captures[i]
         seen: dict[str, list[int]] = {}
         for i, c in enumerate(captures):
             for k in set(c.keys):
                 seen.setdefault(k, []).append(i)
         cov_cache: dict[tuple[int, ...], np.ndarray] = {}
         out: dict[tuple[str, str], Profile] = {}
-        slots = [np.array([clock.slot(t) for t in c.starts], dtype=np.int64).reshape(-1, 2) for c in captures]
         keys_a = [np.asarray(c.keys) for c in captures]
         for ip, idx in seen.items():
             ck = tuple(idx)
@@ -251,13 +252,15 @@ class RateModel:
         ``budget``: alerts per device-day allowed on the baseline, shared equally by the series.
         """
         clock = _Clock(tz)
-        profiles = cls._profiles(captures, span, clock)
+        slots = [np.array([clock.slot(t) for t in c.starts], dtype=np.int64).reshape(-1, 2) for c in captures]
+        profiles = cls._profiles(captures, slots, span, clock)
         peaks: dict[tuple[str, str], list[float]] = {k: [] for k in profiles}
         days: dict[str, float] = {}
         method = "leave_one_capture_out" if len(captures) >= 2 else "in_sample"
         for i, c in enumerate(captures):
-            held = profiles if len(captures) < 2 else cls._profiles(
-                [x for j, x in enumerate(captures) if j != i], span, clock)
+            others = [j for j in range(len(captures)) if j != i]
+            held = profiles if not others else cls._profiles(
+                [captures[j] for j in others], [slots[j] for j in others], span, clock)
             for key, m in cls(span, tz, held)._excursions(c, clock).items():
                 if key in peaks:
                     peaks[key] += m

@@ -20,16 +20,7 @@ from .background import dns_pair, rdp_session, smb_session, tls_record
 from .context import US, DayContext
 from .recorder import record_raw
 from .schedule import read_study
-from .site import DEFAULT_SCENARIO_HOSTS, Device
-
-# The default site's scenario hosts (a site may place them elsewhere: Site.scenario_hosts).
-NEW_QUERY_HOST = DEFAULT_SCENARIO_HOSTS["new_query"]
-EXFIL_HOST = DEFAULT_SCENARIO_HOSTS["exfil"]
-ROGUE_MODALITY = DEFAULT_SCENARIO_HOSTS["rogue_modality"]
-BRUTE_HOST = DEFAULT_SCENARIO_HOSTS["bruteforce"]
-HL7_ROGUE = DEFAULT_SCENARIO_HOSTS["hl7_sender"]
-FUZZ_HOST = DEFAULT_SCENARIO_HOSTS["fuzzer"]
-BEACON = DEFAULT_SCENARIO_HOSTS["c2"]
+from .site import Device
 
 
 def _iso(us: int) -> str:

@@ -289,42 +289,27 @@ class DicomAnalyzer:
     # ---- public contract -----------------------------------------------------------------
 
     def data(self, from_client: bool, ts: float, chunk: memoryview) -> None:
-        # Called once per PDU boundary on bulk traffic (~260k times on a busy capture), so the
-        # usual settle and grant of this direction are inlined; _settle/_grant are the reference.
-        i = 1 if from_client else 0  # an int index: CPython indexes lists by bool the slow way
+        # Called once per PDU boundary on bulk traffic (~260k times on a busy capture): lists are
+        # indexed by int (CPython indexes them by bool the slow way) and _grant is inlined.
+        i = 1 if from_client else 0
         d = self._dirs[i]
         granted = self._granted
-        credit = self.skip_credit
         try:
-            g = granted[i]
-            if g:  # _settle, inlined
-                used = g - credit[i]
-                granted[i] = credit[i] = 0
-                if used:
-                    d.pdv_left -= used
-                    # _count_dataset, inlined
-                    a = self._assoc
-                    if a is not None:
-                        a.dataset_bytes += used
-                    msg = d.msg
-                    if msg is not None:
-                        if d.msg_rsp:
-                            msg.rsp_ds += used
-                        else:
-                            msg.ds += used
+            if granted[i]:
+                self._settle(d, i)
             if granted[1 - i]:
                 # Bytes the flow layer consumed on the other direction came earlier in time: book
                 # them before this chunk can end the association (an A-ABORT mid data set).
-                self._settle(self._dirs[1 - i], not from_client)
+                self._settle(self._dirs[1 - i], 1 - i)
             self._feed(d, ts, chunk)
         except Exception:  # noqa: BLE001 - a bug must not take the sensor down: count, resync
             self._weird(ts, "internal")
             self._abandon(d, ts)
         # _grant, inlined
         c = d.pdv_left - 1 if d.state == S_PDV_DATA and d.ident is None else 0
-        granted[i] = credit[i] = c if c > 0 else 0
+        granted[i] = self.skip_credit[i] = c if c > 0 else 0
 
-    def _settle(self, d: _Dir, from_client: bool) -> None:
+    def _settle(self, d: _Dir, from_client: int) -> None:
         """Account for the data-set bytes the flow layer consumed on our behalf."""
         used = self._granted[from_client] - self.skip_credit[from_client]
         self._granted[from_client] = self.skip_credit[from_client] = 0
